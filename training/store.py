@@ -65,10 +65,19 @@ def save_model(
     import bentoml
 
     with bentoml.models.create(
-        name, labels=labels or {}, metadata=metadata, _model_store=model_store(home)
+        name, labels=labels or {}, metadata=_drop_none(metadata), _model_store=model_store(home)
     ) as ref:
         write(Path(ref.path))
     return str(ref.tag)
+
+
+def _drop_none(value: Any) -> Any:
+    """BentoML metadata refuses None: drop None entries (a missing key reads back as the default)."""
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_drop_none(v) for v in value if v is not None]
+    return value
 
 
 def get_model(home: Home, tag: str):

@@ -1,0 +1,41 @@
+"""The ``tuneloop`` console script: one subcommand per job.
+
+Lives in ``monitoring`` because it is the one package allowed to import the other two. Each
+subcommand is a thin layer; importing this module loads no model and no heavy library.
+"""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+from monitoring.demo_cli import demo
+from monitoring.monitor_cli import monitor
+from serving.cli import serve
+from training.cli import train
+
+app = typer.Typer(
+    name="tuneloop",
+    help="Fine-tune a transformer text classifier, serve it (BentoML), watch it drift (Evidently), "
+         "retrain, gate and hot-swap it. Run state lives in --home (default ./.tuneloop).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _main() -> None:
+    """Runs before every subcommand: opt out of telemetry (nothing here phones home)."""
+    for var, value in (("BENTOML_DO_NOT_TRACK", "true"), ("DO_NOT_TRACK", "1"), ("HF_HUB_DISABLE_TELEMETRY", "1"),
+                       ("TOKENIZERS_PARALLELISM", "false")):
+        os.environ.setdefault(var, value)
+
+
+app.command("train")(train)
+app.command("serve")(serve)
+app.command("monitor")(monitor)
+app.command("demo")(demo)
+
+if __name__ == "__main__":
+    app()

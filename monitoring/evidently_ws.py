@@ -1,0 +1,66 @@
+"""Keep every window's Evidently snapshot in a local Evidently Workspace, so ``evidently ui`` shows history.
+
+Layout (Evidently's own): ``<workspace_dir>/<project-uuid>/{metadata.json, dashboard.json,
+snapshots/<snapshot-uuid>.json}``. Browse it with
+``evidently ui --workspace <home>/evidently --host 127.0.0.1`` (api-notes §2.6; the default host is
+127.0.0.1, keep it). The first call for a project name creates the project and a "Drift" dashboard
+tab with one line panel per drift score.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from monitoring.drift import WindowReport
+
+# (panel title, ValueDrift column) — the column names compute_signals gives Evidently
+DRIFT_PANELS = (
+    ("Text drift: domain classifier ROC AUC", "text"),
+    ("Predicted-label drift: permutation p-value", "label"),
+    ("Confidence drift: K-S p-value", "confidence"),
+)
+
+
+def _add_dashboard(project) -> None:
+    from evidently.sdk.models import PanelMetric
+    from evidently.sdk.panels import line_plot_panel
+
+    for title, column in DRIFT_PANELS:
+        project.dashboard.add_panel(
+            line_plot_panel(title=title, values=[PanelMetric(legend=column, metric="ValueDrift",
+                                                             metric_labels={"column": column})]),
+            tab="Drift",
+        )
+
+
+def add_to_workspace(report: WindowReport, workspace_dir: Path, project_name: str = "tuneloop-monitoring",
+                     run_name: str | None = None) -> str:
+    """Store ``report``'s snapshot in the workspace project ``project_name`` (created when missing).
+
+    Args:
+        report: a ``compute_signals`` result that still holds its snapshot.
+        workspace_dir: the workspace folder (``Home.evidently_dir``); created when missing.
+        project_name: project to add to; the first project with this name is used.
+        run_name: optional snapshot name shown in the UI (e.g. ``"window 12"``).
+
+    Returns:
+        The snapshot id (str).
+
+    Raises:
+        ValueError: the report carries no snapshot.
+    """
+    if report.snapshot is None:
+        raise ValueError("report has no Evidently snapshot; pass the WindowReport compute_signals returned")
+    from evidently.ui.workspace import Workspace
+
+    Path(workspace_dir).mkdir(parents=True, exist_ok=True)
+    ws = Workspace(str(workspace_dir))
+    found = ws.search_project(project_name)
+    if found:
+        project = found[0]
+    else:
+        project = ws.create_project(project_name, description="tuneloop: drift of live traffic vs the champion's reference")
+        _add_dashboard(project)
+    ref = ws.add_run(project.id, report.snapshot, include_data=False, name=run_name)
+    return str(ref.id)
+

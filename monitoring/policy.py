@@ -1,0 +1,170 @@
+"""The retrain decision: a pure function of one window's signals, the policy and a small state.
+
+Rule (defaults measured on Banking77, see ``tests/test_policy.py`` and ``tests/test_drift.py``):
+
+1. A window smaller than ``min_window`` is not judged (``skip_small_window``).
+2. Each counted signal fires when its p-value is below ``alpha`` corrected for the number of counted
+   signals (Bonferroni: family-wise error <= alpha per window). ``accuracy_drop`` also needs
+   ``min_labels_for_accuracy`` labels and a drop of at least ``max_accuracy_drop`` (practical, not
+   just statistical, significance).
+3. A window *alarms* when at least ``min_signals`` signals fire, or any one of ``sufficient_signals``
+   fires (a significant accuracy drop on enough feedback is direct evidence on its own).
+4. The model is *degraded* after ``confirm_windows`` consecutive alarming windows. One alarming
+   window answers ``wait``.
+5. Degraded: ``cooldown`` within ``cooldown_windows`` windows / ``cooldown_seconds`` of the last
+   retrain, else ``retrain`` with at least ``min_new_labels`` new labels, else ``need_labels``.
+
+Two-of-four signals with Bonferroni and two-window confirmation follow the advice of Rabanser et
+al. 2019 ("Failing Loudly": univariate tests + Bonferroni) and the most common user complaint about
+drift tools (false alarms on small windows, anchors.md).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from monitoring.drift import ACCURACY, ALL_SIGNALS, DriftConfig, SignalResult, WindowReport
+
+Action = Literal["none", "wait", "retrain", "need_labels", "skip_small_window", "cooldown"]
+
+
+class DriftPolicy(BaseModel):
+    """When drift counts as degradation and what to do about it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_window: int = Field(50, ge=10, description="Windows with fewer rows are not judged.")
+    signals: tuple[str, ...] = Field(ALL_SIGNALS, description="Signals that count (names from drift.ALL_SIGNALS).")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Family-wise false-alarm level per window, all signals together.")
+    correction: Literal["bonferroni", "none"] = Field("bonferroni", description="Multiple-testing correction.")
+    min_signals: int = Field(2, ge=1, description="Signals that must fire in one window for it to alarm.")
+    sufficient_signals: tuple[str, ...] = Field((ACCURACY,), description="Signals that alarm a window on their own.")
+    confirm_windows: int = Field(2, ge=1, description="Consecutive alarming windows before 'degraded'.")
+    min_labels_for_accuracy: int = Field(30, ge=1, description="Labels in the window before accuracy_drop may fire.")
+    max_accuracy_drop: float = Field(0.10, ge=0, le=1, description="Accuracy drop vs the reference that matters (absolute).")
+    min_new_labels: int = Field(50, ge=0, description="New labels since the last retrain needed to retrain.")
+    cooldown_windows: int = Field(3, ge=0, description="Windows after a retrain during which no new retrain starts.")
+    cooldown_seconds: float = Field(0.0, ge=0, description="Seconds after a retrain during which no new retrain starts.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "DriftPolicy":
+        unknown = set(self.signals) - set(ALL_SIGNALS)
+        if unknown or not self.signals:
+            raise ValueError(f"signals {sorted(unknown) or '[]'} invalid; choose a non-empty subset of {ALL_SIGNALS}")
+        if not set(self.sufficient_signals) <= set(self.signals):
+            raise ValueError(f"sufficient_signals {self.sufficient_signals} must be among signals {self.signals}")
+        if self.min_signals > len(self.signals):
+            raise ValueError(f"min_signals={self.min_signals} > {len(self.signals)} counted signals; lower it")
+        return self
+
+    @property
+    def per_signal_alpha(self) -> float:
+        """The level each signal is tested at (alpha / #signals under Bonferroni)."""
+        return self.alpha / len(self.signals) if self.correction == "bonferroni" else self.alpha
+
+    def drift_config(self, **overrides) -> DriftConfig:
+        """A DriftConfig whose own ``fired`` flags (and Evidently's HTML verdicts) match this policy."""
+        return DriftConfig(**{"alpha": self.per_signal_alpha, "min_labels": self.min_labels_for_accuracy,
+                              "max_accuracy_drop": self.max_accuracy_drop, **overrides})
+
+
+class PolicyState(BaseModel):
+    """What ``decide`` remembers between windows. Immutable: ``decide`` returns a new one."""
+
+    model_config = ConfigDict(frozen=True)
+
+    windows: int = Field(0, description="Windows judged so far (skipped small windows excluded).")
+    consecutive: int = Field(0, description="Alarming windows in a row, up to the current one.")
+    labels_since_retrain: int = Field(0, description="Labels counted since the last retrain.")
+    last_retrain_window: int | None = Field(None, description="Value of ``windows`` when the last retrain was decided.")
+    last_retrain_at: float | None = Field(None, description="Unix seconds of the last retrain decision.")
+
+
+class Decision(BaseModel):
+    """The verdict on one window, with the state to pass to the next ``decide`` call."""
+
+    degraded: bool
+    action: Action
+    reason: str
+    fired: list[str]
+    state: PolicyState
+
+
+def _fires(sig: SignalResult, report: WindowReport, policy: DriftPolicy, alpha: float) -> tuple[bool, str]:
+    """Does ``sig`` fire under the policy, and a one-line account with value, threshold and p-value."""
+    p = sig.p_value
+    p_txt = "n/a" if p is None else f"{p:.2g}"
+    if sig.name == ACCURACY:
+        if sig.value is None:
+            return False, f"{ACCURACY}: no labelled rows"
+        fired = (p is not None and p < alpha and report.n_labels >= policy.min_labels_for_accuracy
+                 and sig.value >= policy.max_accuracy_drop)
+        return fired, (f"{ACCURACY}: {report.reference_accuracy:.3f} -> {report.accuracy:.3f} on {report.n_labels} labels "
+                       f"(drop {sig.value:.3f} vs >= {policy.max_accuracy_drop:.3f}, need >= "
+                       f"{policy.min_labels_for_accuracy} labels; binomial p={p_txt} vs < {alpha:.3g})")
+    fired = p is not None and p < alpha
+    value = f"ROC AUC {sig.value:.3f}, " if "AUC" in sig.method else ""
+    return fired, f"{sig.name}: {value}{sig.method.split(' (')[0]} p={p_txt} vs < {alpha:.3g}"
+
+
+def decide(signals: WindowReport, policy: DriftPolicy, state: PolicyState, *,
+           new_labels: int | None = None, now: float | None = None) -> Decision:
+    """Judge one window. Pure: the same inputs give the same Decision, nothing else is touched.
+
+    Args:
+        signals: the window's ``compute_signals`` result.
+        policy: thresholds and rules.
+        state: the state returned with the previous Decision (``PolicyState()`` at the start).
+        new_labels: labels available for retraining since the last retrain; default
+            ``state.labels_since_retrain + signals.n_labels``.
+        now: Unix seconds for the time cooldown; default ``signals.computed_at``.
+
+    Returns:
+        Decision whose ``state`` is to be passed to the next call. After ``retrain`` the state starts
+        the cooldown and resets the consecutive count and the label count.
+    """
+    now = signals.computed_at if now is None else now
+    if signals.n_current < policy.min_window:
+        return Decision(degraded=False, action="skip_small_window", fired=[], state=state,
+                        reason=f"window of {signals.n_current} rows < min_window {policy.min_window}: not judged")
+
+    alpha = policy.per_signal_alpha
+    lines, fired = [], []
+    present = {s.name: s for s in signals.signals}
+    for name in policy.signals:
+        if name not in present:
+            lines.append(f"{name}: not computed")
+            continue
+        ok, line = _fires(present[name], signals, policy, alpha)
+        lines.append(("FIRED " if ok else "") + line)
+        fired += [name] if ok else []
+    sufficient = [f for f in fired if f in policy.sufficient_signals]
+    alarm = len(fired) >= policy.min_signals or bool(sufficient)
+    consecutive = state.consecutive + 1 if alarm else 0
+    degraded = consecutive >= policy.confirm_windows
+    labels = state.labels_since_retrain + signals.n_labels if new_labels is None else new_labels
+    windows = state.windows + 1
+    head = (f"{len(fired)} of {len(policy.signals)} signals fired ({', '.join(fired) or 'none'}) at "
+            f"{policy.correction} alpha {policy.alpha:g}/{len(policy.signals) if policy.correction == 'bonferroni' else 1}"
+            f"={alpha:.3g}; window alarms when >= {policy.min_signals} fire or one of {list(policy.sufficient_signals)}: "
+            f"{'yes' if alarm else 'no'}; {consecutive}/{policy.confirm_windows} consecutive alarming windows")
+
+    in_cooldown = state.last_retrain_window is not None and (
+        windows - state.last_retrain_window <= policy.cooldown_windows
+        or (state.last_retrain_at is not None and now - state.last_retrain_at < policy.cooldown_seconds))
+    new_state = state.model_copy(update={"windows": windows, "consecutive": consecutive, "labels_since_retrain": labels})
+    if not degraded:
+        action, why = ("wait", "alarm not yet confirmed") if alarm else ("none", "no alarm")
+    elif in_cooldown:
+        action, why = "cooldown", (f"degraded, but within cooldown of the retrain at window {state.last_retrain_window} "
+                                   f"({policy.cooldown_windows} windows / {policy.cooldown_seconds:g} s)")
+    elif labels < policy.min_new_labels:
+        action, why = "need_labels", f"degraded, but only {labels} new labels < min_new_labels {policy.min_new_labels}"
+    else:
+        action, why = "retrain", f"degraded and {labels} new labels >= min_new_labels {policy.min_new_labels}"
+        new_state = new_state.model_copy(update={"consecutive": 0, "labels_since_retrain": 0,
+                                                 "last_retrain_window": windows, "last_retrain_at": now})
+    reason = f"{action}: {why}. {head}. " + "; ".join(lines)
+    return Decision(degraded=degraded, action=action, reason=reason, fired=fired, state=new_state)

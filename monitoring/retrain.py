@@ -1,0 +1,118 @@
+"""Retrain a challenger on the original training data plus labelled feedback, gate it against the
+champion on one holdout, and promote it when it wins.
+
+No text that evaluates a model reaches its training: feedback is split by a hash of its request
+id into a training share and a held-back share; the holdout is the original test split plus the
+held-back feedback; and feedback rows whose text is in the holdout are dropped from training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+from pydantic import BaseModel, Field
+
+from monitoring.gate import GateConfig, run_gate
+from training.config import TrainConfig
+from training.data import load_splits
+from training.home import Home
+from training.predict import Classifier
+from training.store import get_model, promote
+from training.train import fine_tune, save_result
+
+log = logging.getLogger(__name__)
+
+
+class RetrainConfig(BaseModel):
+    """How the loop retrains. Training fields come from the champion's saved config, with the
+    ``preset`` and ``overrides`` on top."""
+
+    preset: str = Field("quick", description="Training preset for challengers (quick: minutes on CPU).")
+    holdout_feedback_fraction: float = Field(0.2, ge=0, lt=1, description="Share of feedback held back for the gate.")
+    feedback_weight: int = Field(3, ge=1, le=20, description="Each training feedback row is repeated this many times: "
+                                 "feedback is the freshest evidence of the live distribution.")
+    reference_rows: int = Field(500, ge=50, description="Recent unlabelled traffic rows the challenger's drift "
+                                "reference is re-baselined on (fewer than half of them: keep the validation split).")
+    gate: GateConfig = Field(default_factory=GateConfig)
+    overrides: dict = Field(default_factory=dict, description="TrainConfig fields to force (e.g. epochs).")
+
+
+@dataclass
+class RetrainOutcome:
+    """A retrain's result: tags, both holdout scores, verdict, sizes, duration (s)."""
+
+    champion_tag: str
+    challenger_tag: str
+    champion_metrics: dict
+    challenger_metrics: dict
+    promoted: bool
+    reason: str
+    feedback_train_rows: int
+    feedback_holdout_rows: int
+    holdout_rows: int
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def split_feedback(labelled: pd.DataFrame, holdout_fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Deterministically split feedback rows (columns request_id, text, true_label) into
+    (train, held_back) frames with columns ``text, label``; a request always lands on the same side."""
+    if labelled.empty:
+        empty = pd.DataFrame(columns=["text", "label"])
+        return empty, empty.copy()
+    bucket = labelled["request_id"].map(lambda r: int(hashlib.sha256(r.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF)
+    df = pd.DataFrame({"text": labelled["text"], "label": labelled["true_label"]})
+    held = bucket < holdout_fraction
+    return df[~held].reset_index(drop=True), df[held].reset_index(drop=True)
+
+
+def retrain_and_gate(home: Home, champion_tag: str, labelled: pd.DataFrame, cfg: RetrainConfig,
+                     recent_unlabelled: pd.DataFrame | None = None) -> RetrainOutcome:
+    """Train a challenger, save it (not promoted), gate it, and promote it when it wins.
+
+    Args:
+        home: the tuneloop home.
+        champion_tag: the serving model's tag (its saved training config is reused).
+        labelled: all labelled feedback (``TrafficLog.labelled()``).
+        cfg: the retraining policy.
+        recent_unlabelled: recent traffic rows without feedback (column ``text``): the challenger's
+            drift reference is re-baselined on them (the traffic that made the old model degrade is
+            the new normal); rows with feedback are left out because the challenger trained on them.
+    """
+    start = time.perf_counter()
+    champion = get_model(home, champion_tag)
+    saved = dict(champion.info.metadata["train_config"])
+    saved.pop("progress", None)
+    base = TrainConfig.for_preset(cfg.preset, **{k: v for k, v in saved.items()
+                                                 if k in ("data", "text_column", "label_column", "base_model",
+                                                          "max_length", "val_fraction", "test_fraction", "seed",
+                                                          "max_train_per_label", "model_name", "reference_size")})
+    train_cfg = base.model_copy(update={**cfg.overrides, "progress": False})
+    splits = load_splits(train_cfg.data, train_cfg.text_column, train_cfg.label_column, train_cfg.val_fraction,
+                         train_cfg.test_fraction, train_cfg.seed, train_cfg.max_train_per_label)
+    fb_train, fb_held = split_feedback(labelled, cfg.holdout_feedback_fraction)
+    fb_train = fb_train[fb_train["label"].isin(splits.labels)]
+    holdout = pd.concat([splits.test[["text", "label"]], fb_held], ignore_index=True)
+    fb_train = fb_train[~fb_train["text"].str.lower().isin(set(holdout["text"].str.lower()))]
+    extra = pd.concat([fb_train] * cfg.feedback_weight, ignore_index=True) if len(fb_train) else None
+    log.info("retraining %s on %d rows + %d feedback rows (x%d)", champion_tag, len(splits.train), len(fb_train),
+             cfg.feedback_weight)
+    result = fine_tune(train_cfg, splits, extra_train=extra)
+    challenger_tag = save_result(home, train_cfg, splits, result,
+                                 extra_meta={"parent": champion_tag, "feedback_rows": len(fb_train)},
+                                 reference_rows=recent_unlabelled)
+    verdict = run_gate(Classifier.load(champion.path, device=result.classifier.device), result.classifier, holdout, cfg.gate)
+    if verdict.promoted:
+        promote(home, challenger_tag, reason=verdict.reason)
+    return RetrainOutcome(
+        champion_tag=champion_tag, challenger_tag=challenger_tag, champion_metrics=verdict.champion,
+        challenger_metrics=verdict.challenger, promoted=verdict.promoted, reason=verdict.reason,
+        feedback_train_rows=len(fb_train), feedback_holdout_rows=len(fb_held), holdout_rows=verdict.holdout_rows,
+        seconds=time.perf_counter() - start,
+    )

@@ -1,0 +1,184 @@
+"""Start ``bentoml serve`` for a tuneloop home: the command line, a blocking foreground run
+(``tuneloop serve``) and a context manager that runs it in the background (tests, the demo).
+
+The home and the serving settings travel to the service through environment variables
+(:meth:`training.home.Home.env` plus ``TUNELOOP_*``, see :mod:`serving.config`); the command line
+only names the service and the address. The server binds 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from training.home import Home
+
+SERVICE_IMPORT = "serving.service:TuneloopService"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 3000
+REPO_ROOT = Path(__file__).resolve().parents[1]  # holds serving/, training/ (editable install)
+STOP_TIMEOUT_S = 20.0  # SIGTERM -> graceful shutdown of the arbiter and its worker, then SIGKILL
+LOG_TAIL_CHARS = 4000
+
+
+class ServerStartError(RuntimeError):
+    """``bentoml serve`` exited or did not become ready; the message ends with its log tail."""
+
+
+@dataclass(frozen=True)
+class ServerHandle:
+    """A running server. ``url`` has no trailing slash (``http://127.0.0.1:PORT``)."""
+
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+
+def serve_command(home: Home, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> list[str]:
+    """The ``bentoml serve`` argv for the tuneloop service.
+
+    Args:
+        home: the home to serve. It is not on the command line (the service reads
+            ``$TUNELOOP_HOME``, see :func:`serve_env`); it is checked to exist, so that a typo in
+            ``--home`` fails here rather than as an unready server.
+        host: address to bind; keep the loopback default unless a proxy fronts the service.
+        port: TCP port.
+
+    Raises:
+        FileNotFoundError: ``home.root`` does not exist.
+    """
+    if not home.root.is_dir():
+        raise FileNotFoundError(f"tuneloop home {home.root} does not exist: train a model into it first")
+    return [
+        sys.executable, "-m", "bentoml", "serve", SERVICE_IMPORT, "--host", host, "--port", str(port),
+        "--working-dir", str(REPO_ROOT),
+    ]
+
+
+def serve_env(home: Home, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The child's environment: this process's, plus ``home.env()``, plus ``overrides``.
+
+    ``PROMETHEUS_MULTIPROC_DIR`` is dropped: BentoML creates and cleans its own per server.
+    """
+    env = {**os.environ, **home.env(), "BENTOML_DO_NOT_TRACK": "true", **(overrides or {})}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    return env
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    """A TCP port that was free on ``host`` a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def log_tail(path: Path, chars: int = LOG_TAIL_CHARS) -> str:
+    """The last ``chars`` characters of a log file ("" when it does not exist)."""
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except FileNotFoundError:
+        return ""
+
+
+def wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
+    """Poll ``GET {url}/readyz`` until it answers 200.
+
+    Raises:
+        ServerStartError: the process exited, or ``timeout_s`` seconds passed.
+    """
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServerStartError(
+                f"bentoml serve exited with code {process.returncode} before it was ready; "
+                f"log {log_path} ends with:\n{log_tail(log_path)}"
+            )
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200:
+                return
+        time.sleep(0.25)
+    raise ServerStartError(
+        f"bentoml serve at {url} was not ready after {timeout_s:.0f} s (no champion model, or it "
+        f"failed to load?); log {log_path} ends with:\n{log_tail(log_path)}"
+    )
+
+
+def stop_server(process: subprocess.Popen, timeout_s: float = STOP_TIMEOUT_S) -> int:
+    """SIGTERM the server (it stops its workers), wait, SIGKILL its process group after a timeout.
+
+    Returns:
+        The exit code.
+    """
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # the server leads its own session
+            process.wait(timeout=timeout_s)
+    return process.returncode
+
+
+@contextlib.contextmanager
+def running_server(
+    home: Home,
+    host: str = DEFAULT_HOST,
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
+    ready_timeout: float = 120.0,
+) -> Iterator[ServerHandle]:
+    """Run the service in a background ``bentoml serve`` until the ``with`` block ends.
+
+    The child's stdout and stderr go to ``<home>/logs/serve-<port>.log``.
+
+    Args:
+        home: the tuneloop home to serve.
+        host: address to bind (loopback by default).
+        port: TCP port; None picks a free one.
+        env: extra environment for the child (e.g. ``{"TUNELOOP_ADMIN_TOKEN": ...}``).
+        ready_timeout: seconds to wait for ``/readyz``.
+
+    Yields:
+        The :class:`ServerHandle` once ``/readyz`` answers 200.
+
+    Raises:
+        ServerStartError: the server exited or was not ready in time (message has the log tail).
+    """
+    port = port or free_port(host)
+    log_dir = home.root / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"serve-{port}.log"
+    url = f"http://{host}:{port}"
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(
+            serve_command(home, host, port), env=serve_env(home, env), cwd=REPO_ROOT,
+            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    try:
+        wait_ready(url, process, log_path, ready_timeout)
+        yield ServerHandle(url=url, process=process, log_path=log_path)
+    finally:
+        stop_server(process)
+
+
+def run_foreground(home: Home, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+                   env: Mapping[str, str] | None = None) -> None:
+    """Replace this process with ``bentoml serve`` (``exec``): its signals and exit code are the server's.
+
+    Raises:
+        FileNotFoundError: ``home.root`` does not exist.
+        OSError: the ``bentoml`` executable could not be started.
+    """
+    argv = serve_command(home, host, port)
+    os.execve(argv[0], argv, serve_env(home, env))

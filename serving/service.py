@@ -1,0 +1,350 @@
+"""The BentoML service: classifies texts with the champion model, logs every prediction and
+feedback durably, and hot-swaps to a newly promoted champion without a restart.
+
+Start it with ``tuneloop serve`` or ``bentoml serve serving.service:TuneloopService`` (binds
+127.0.0.1:3000 unless told otherwise). Endpoints (all POST, JSON):
+
+* ``/classify`` ``{"texts": [...]}`` -> one prediction per text. Adaptive batching is on: the
+  texts of concurrent requests are merged into one forward pass. Bad input gets HTTP 400 from
+  pydantic with the failing field in ``detail[].loc`` and the reason in ``detail[].msg``.
+* ``/feedback`` ``{"request_id", "label"}`` -> 404 unknown id, 422 label not in the live model.
+* ``/admin/reload`` (``Authorization: Bearer $TUNELOOP_ADMIN_TOKEN``) -> check the pointer now.
+
+Which model serves is the champion pointer (``<home>/champion.json``), not BentoML's ``:latest``.
+A poller thread re-reads it every ``poll_seconds``; a new champion is loaded and smoke-tested
+*beside* the live one and only then swapped in, so no request waits for a load. With no
+champion at all the service starts but stays unready (``/readyz`` 503, one clear log line) and
+becomes ready once a model is promoted: a worker that raised in ``__init__`` would instead be
+restarted by BentoML every 10 s forever, printing the same traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import logging
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any
+
+import anyio.to_thread
+import bentoml
+import numpy as np
+from bentoml.exceptions import ServiceUnavailable
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints
+from starlette.responses import JSONResponse
+
+from serving import metrics
+from serving.config import ENV_VARS, ServeConfig
+from serving.traffic_log import PredictionRecord, TrafficLog, UnknownRequestError
+from training.home import Home
+from training.predict import Classifier
+from training.store import ModelNotFoundError, get_model, read_champion
+
+log = logging.getLogger("bentoml.service.tuneloop")  # under "bentoml": shown by `bentoml serve`
+
+# Input limits and batching bounds are part of the API's types and decorator arguments, which
+# BentoML needs when the class is *defined*, so they are read from the environment here, at
+# import (the worker imports this module after `bentoml serve` has set the environment).
+# Everything else is read in __init__.
+_LIMITS = ServeConfig.from_env()
+TOP_K = 3  # labels returned per text
+SMOKE_TEXTS = ["where is my new card?", "I want a refund"]  # a new model must classify these
+
+
+class ReceivedText(str):
+    """A request text stamped with ``received_at`` (``time.time()``, s) when its request was
+    parsed, so the batch can log latency from arrival instead of from the forward pass."""
+
+    received_at: float
+
+
+def _check_text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("text is empty or only whitespace")
+    text = ReceivedText(value)
+    text.received_at = time.time()
+    return text
+
+
+Text = Annotated[
+    str, StringConstraints(strict=True, min_length=1, max_length=_LIMITS.max_text_chars), AfterValidator(_check_text)
+]
+Texts = Annotated[
+    list[Text],
+    Field(min_length=1, max_length=_LIMITS.max_batch_texts, description="texts to classify, one prediction each"),
+]
+RequestId = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=64)]
+LabelName = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=256)]
+
+
+class TopLabel(BaseModel):
+    label: str
+    probability: float
+
+
+class TextPrediction(BaseModel):
+    """The answer for one text. ``request_id`` (uuid4 hex) is the key for ``/feedback``."""
+
+    request_id: str
+    label: str
+    confidence: float
+    top3: list[TopLabel]
+    model_tag: str
+
+
+@dataclass(frozen=True)
+class LiveModel:
+    tag: str
+    classifier: Classifier
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    """Result of one champion check. ``error`` says why the champion is not serving, if it is not."""
+
+    reloaded: bool
+    model_tag: str | None
+    champion_tag: str | None
+    error: str | None = None
+
+
+class ModelSwapError(RuntimeError):
+    """A champion could not be swapped in; ``reason`` is ``not_found``, ``load`` or ``smoke``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def load_checked(home: Home, tag: str) -> LiveModel:
+    """Load model ``tag`` from the store and smoke-test it, without touching the live model.
+
+    Raises:
+        ModelSwapError: the tag is not in the store, its folder does not load, or its smoke
+            prediction is not a finite probability row per text over its labels.
+    """
+    try:
+        stored = get_model(home, tag)
+    except ModelNotFoundError as exc:
+        raise ModelSwapError("not_found", str(exc)) from exc
+    try:
+        classifier = Classifier.load(stored.path)
+    except Exception as exc:  # anything wrong with an unvetted folder must leave the old model serving
+        raise ModelSwapError("load", f"model {tag} failed to load: {type(exc).__name__}: {exc}") from exc
+    try:
+        proba = classifier.predict_proba(SMOKE_TEXTS)
+    except Exception as exc:
+        raise ModelSwapError("smoke", f"model {tag} failed the smoke prediction: {type(exc).__name__}: {exc}") from exc
+    if proba.shape != (len(SMOKE_TEXTS), len(classifier.labels)) or not np.allclose(proba.sum(axis=1), 1, atol=1e-3):
+        raise ModelSwapError("smoke", f"model {tag} smoke prediction is not a probability row per text: {proba!r}")
+    return LiveModel(tag=tag, classifier=classifier)
+
+
+@bentoml.service(
+    name="tuneloop",
+    workers=1,  # the live model is per process; 2 cores are better spent on batching than on 2 copies
+    traffic={"timeout": _LIMITS.request_timeout_s},
+    http={"host": "127.0.0.1", "port": 3000},  # default bind for a plain `bentoml serve`: loopback
+)
+class TuneloopService:
+    """Serves the champion model of the home named by ``$TUNELOOP_HOME`` (see module docstring)."""
+
+    def __init__(self) -> None:
+        import torch
+        from transformers.utils import logging as hf_logging
+
+        self.config = ServeConfig.from_env()
+        self.home = Home(self.config.home)
+        torch.set_num_threads(self.config.torch_threads)
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar per swap in the server log
+        self.traffic: TrafficLog | None = None  # opened with the first model: no files in a wrong home
+        self._live: LiveModel | None = None
+        self._swap_lock = threading.Lock()  # guards the reference to the live model
+        self._reload_lock = threading.Lock()  # one load at a time (poller vs /admin/reload)
+        self._failed: tuple[tuple[str, float], str] | None = None  # (pointer, error) not to retry
+        self._unready_reason = "the service is starting"
+        self.refresh_model()
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="tuneloop-champion-poll", daemon=True)
+        self._poller.start()
+
+    @property
+    def live_model(self) -> LiveModel | None:
+        """The model answering now (None until a champion loaded)."""
+        with self._swap_lock:
+            return self._live
+
+    @property
+    def unready_reason(self) -> str | None:
+        """Why no model is serving (a message for 503 answers), or None when one is."""
+        return None if self.live_model is not None else self._unready_reason
+
+    def refresh_model(self, force: bool = False) -> ReloadOutcome:
+        """Swap in the champion if the pointer names a model other than the live one.
+
+        Args:
+            force: retry a champion that already failed to load (the poller does not).
+
+        Returns:
+            What happened; the old model keeps serving whenever ``reloaded`` is False.
+        """
+        with self._reload_lock:
+            live = self.live_model
+            live_tag = live.tag if live else None
+            pointer = read_champion(self.home)
+            if pointer is None:
+                error = f"no champion model in {self.home.root}: train and promote one (`tuneloop train --home ...`)"
+                if self._unready_reason != error:
+                    log.error("%s; staying unready and checking %s every %s s", error,
+                              self.home.champion_path, self.config.poll_seconds)
+                self._unready_reason = error
+                return ReloadOutcome(False, live_tag, None, error)
+            if pointer.tag == live_tag:
+                return ReloadOutcome(False, live_tag, pointer.tag)
+            key = (pointer.tag, pointer.promoted_at)
+            if self._failed is not None and self._failed[0] == key and not force:
+                return ReloadOutcome(False, live_tag, pointer.tag, self._failed[1])
+            start = time.perf_counter()
+            try:
+                new = load_checked(self.home, pointer.tag)
+            except ModelSwapError as exc:
+                metrics.MODEL_SWAP_FAILURES.labels(reason=exc.reason).inc()
+                log.error("champion %s NOT swapped in (%s); still serving %s", pointer.tag, exc, live_tag,
+                          exc_info=exc.__cause__)
+                self._failed = (key, str(exc))
+                if live is None:
+                    self._unready_reason = f"the champion model could not be loaded: {exc}"
+                return ReloadOutcome(False, live_tag, pointer.tag, str(exc))
+            seconds = time.perf_counter() - start
+            if self.traffic is None:
+                self.traffic = TrafficLog(self.home.traffic_db_path)
+            with self._swap_lock:
+                self._live = new
+            self._failed = None
+            metrics.MODEL_SWAPS.inc()
+            metrics.MODEL_LOAD_SECONDS.set(seconds)
+            if live_tag is not None:
+                metrics.MODEL_LIVE.labels(tag=live_tag).set(0)
+            metrics.MODEL_LIVE.labels(tag=new.tag).set(1)
+            log.info("now serving %s (loaded and smoke-tested in %.2f s; was %s)", new.tag, seconds, live_tag)
+            return ReloadOutcome(True, new.tag, pointer.tag)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.config.poll_seconds):
+            try:
+                self.refresh_model()
+            except Exception:  # e.g. a hand-edited champion.json; keep polling, keep serving
+                log.exception("champion check failed; retrying in %s s", self.config.poll_seconds)
+
+    @bentoml.on_shutdown
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._poller.join(timeout=5)
+
+    def __is_ready__(self) -> bool:
+        return self.live_model is not None
+
+    @bentoml.api(batchable=True, max_batch_size=_LIMITS.max_batch_size, max_latency_ms=_LIMITS.max_latency_ms)
+    def classify(self, texts: Texts) -> list[TextPrediction]:
+        """Classify texts; concurrent requests arrive here merged into one list (one forward pass).
+
+        Args:
+            texts: n texts (each 1..max_text_chars characters, not only whitespace).
+
+        Returns:
+            n predictions in input order: label, confidence (top-1 probability), top-3
+            ``{label, probability}``, the answering model's tag and a new request id. All n are
+            logged in one committed transaction before this returns.
+
+        Raises:
+            ServiceUnavailable: no model is loaded yet (HTTP 503).
+        """
+        started = time.time()
+        live = self.live_model
+        if live is None:
+            raise ServiceUnavailable(self._unready_reason)
+        labels = live.classifier.labels
+        proba = live.classifier.predict_proba([str(t) for t in texts])  # (n, n_labels)
+        answered = time.time()
+        predictions, records = [], []
+        for text, row in zip(texts, proba):
+            top = [(labels[i], float(row[i])) for i in np.argsort(-row, kind="stable")[:TOP_K]]
+            request_id = uuid.uuid4().hex
+            latency_ms = (answered - getattr(text, "received_at", started)) * 1000.0
+            records.append(PredictionRecord(
+                request_id=request_id, created_at=answered, text=str(text), label=top[0][0],
+                confidence=top[0][1], top3=top, model_tag=live.tag, latency_ms=latency_ms,
+            ))
+            predictions.append(TextPrediction(
+                request_id=request_id, label=top[0][0], confidence=top[0][1],
+                top3=[TopLabel(label=lab, probability=p) for lab, p in top], model_tag=live.tag,
+            ))
+        self.traffic.log_predictions(records)  # acknowledged => logged
+        metrics.BATCH_SIZE.observe(len(records))
+        for record in records:
+            metrics.PREDICTIONS.labels(label=record.label).inc()
+            metrics.CONFIDENCE.observe(record.confidence)
+        return predictions
+
+    @bentoml.api
+    async def feedback(self, request_id: RequestId, label: LabelName, ctx: bentoml.Context) -> dict[str, Any]:
+        """Record the true label of an answered text. 404: unknown id; 422: label unknown to the live model."""
+        live = self.live_model
+        if live is None:
+            raise ServiceUnavailable(self._unready_reason)
+        if label not in live.classifier.labels:
+            ctx.response.status_code = 422
+            return {"error": f"label {label!r} is not one of the {len(live.classifier.labels)} labels of the live "
+                             f"model {live.tag}; see `labels`", "labels": live.classifier.labels}
+        try:
+            await anyio.to_thread.run_sync(self.traffic.add_feedback, request_id, label)
+        except UnknownRequestError:
+            ctx.response.status_code = 404
+            return {"error": f"unknown request_id {request_id!r}: no logged prediction has it; "
+                             "send a request_id returned by /classify"}
+        metrics.FEEDBACK.inc()
+        return {"request_id": request_id, "label": label, "recorded": True}
+
+    @bentoml.api(route="/admin/reload")
+    async def admin_reload(self, ctx: bentoml.Context) -> dict[str, Any]:
+        """Check the champion pointer now (and retry a failed one). Needs the admin bearer token."""
+        token = self.config.admin_token
+        if token is None:
+            ctx.response.status_code = 403
+            return {"error": f"admin endpoints are disabled: set {ENV_VARS['admin_token']} (or pass "
+                             "`tuneloop serve --admin-token`) when starting the service to enable them"}
+        scheme, _, given = ctx.request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), token.get_secret_value().encode()
+        ):
+            ctx.response.status_code = 401
+            ctx.response.metadata["WWW-Authenticate"] = 'Bearer realm="tuneloop-admin"'
+            return {"error": f"missing or wrong admin token: send 'Authorization: Bearer <{ENV_VARS['admin_token']}>'"}
+        outcome = await anyio.to_thread.run_sync(functools.partial(self.refresh_model, force=True))
+        return asdict(outcome)
+
+
+class ModelReadyGuard:
+    """ASGI middleware: answers 503 with the reason on /classify and /feedback while no model is
+    loaded (BentoML turns a 503 raised inside an API into a generic message)."""
+
+    GUARDED = frozenset({"/classify", "/feedback"})
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope.get("path") in self.GUARDED:
+            reason = getattr(bentoml.get_current_service(), "unready_reason", None)
+            if reason is not None:
+                await JSONResponse({"error": f"no model is serving yet: {reason}"}, status_code=503)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+# First added = outermost: the metrics middleware also counts the guard's 503s.
+TuneloopService.add_asgi_middleware(metrics.RequestMetricsMiddleware)
+TuneloopService.add_asgi_middleware(ModelReadyGuard)

@@ -1,0 +1,80 @@
+"""The training configuration: one pydantic object, validated where it enters (CLI, YAML, code)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from training.store import DEFAULT_MODEL_NAME
+
+Method = Literal["full", "lora"]
+Preset = Literal["quick", "full"]
+
+
+class TrainConfig(BaseModel):
+    """Everything that decides a training run. Every field is a ``tuneloop train`` option too.
+
+    Defaults are the ``full`` preset; :meth:`for_preset` gives the ``quick`` one (what the demo
+    and the retraining loop use).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = Field(description="Folder with train.{csv,jsonl,parquet} (and test.*), one file, or hf:NAME.")
+    text_column: str = Field("text", description="Column holding the text.")
+    label_column: str = Field("category", description="Column holding the label.")
+    base_model: str | None = Field(None, description="Local model folder; default: the shipped all-MiniLM-L6-v2.")
+    method: Method = Field("full", description="full: every weight trains; lora: PEFT LoRA adapters, merged before saving.")
+    freeze_layers: int = Field(0, ge=0, description="Freeze the embeddings and the first N encoder layers (0: none).")
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling alpha.")
+    lora_dropout: float = Field(0.1, ge=0, lt=1, description="LoRA dropout.")
+    epochs: float = Field(6.0, gt=0, description="Maximum epochs (early stopping may end sooner).")
+    batch_size: int = Field(32, ge=1, le=1024, description="Training batch size.")
+    learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate (linear warm-up then linear decay).")
+    head_lr_multiplier: float = Field(10.0, ge=1, description="The new classifier head (and pooler) learns this many "
+                                      "times faster than the pretrained encoder.")
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of steps spent warming up.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    max_length: int = Field(64, ge=8, le=512, description="Tokens kept per text (Banking77: 99% are <= 53).")
+    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of train held out (stratified) for early stopping.")
+    test_fraction: float = Field(0.2, gt=0, lt=0.5, description="Share split off as test when the data has no test file.")
+    patience: int = Field(2, ge=1, description="Epochs without validation macro-F1 gain before stopping.")
+    max_train_per_label: int | None = Field(None, ge=1, description="Cap on training rows per label (speed); None: all.")
+    seed: int = Field(42, description="Seed for splits, sampling and initialisation.")
+    reference_size: int = Field(1000, ge=50, description="Rows of the drift reference sample kept with the model.")
+    model_name: str = Field(DEFAULT_MODEL_NAME, description="Name of the model in the BentoML store.")
+    progress: bool = Field(True, description="Show progress bars.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.base_model is not None and not self.base_model.startswith("hf:") and not Path(self.base_model).is_dir():
+            raise ValueError(f"base_model {self.base_model!r} is not a folder; give a local model folder (no download at run time)")
+        return self
+
+    @classmethod
+    def for_preset(cls, preset: Preset, **overrides) -> "TrainConfig":
+        """The ``quick`` or ``full`` preset with ``overrides`` on top (None values are ignored)."""
+        values = dict(PRESETS[preset])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path: Path, **overrides) -> "TrainConfig":
+        """Load a YAML file of fields; ``overrides`` (non-None) win. Raises ValueError on unknown fields."""
+        values = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of TrainConfig fields")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+# quick: what the demo and the retraining loop use (minutes on 2 CPU cores): the embeddings and
+# lower encoder layers frozen, few epochs at a higher learning rate. full: every layer trains.
+PRESETS: dict[str, dict] = {
+    "quick": {"epochs": 3, "freeze_layers": 3, "learning_rate": 3e-4, "patience": 1},
+    "full": {},
+}
