@@ -1,5 +1,6 @@
-"""Prometheus metrics of the serving process, all prefixed ``tuneloop_``, and the ASGI middleware
-that counts requests, errors and latency per endpoint.
+"""Prometheus metrics of the serving process (all prefixed ``tuneloop_``) and the service's two
+ASGI middlewares: one counts requests, errors and latency per endpoint, one answers 503 with
+the reason while no model is loaded.
 
 Under ``bentoml serve`` every worker writes its values to ``$PROMETHEUS_MULTIPROC_DIR`` and
 BentoML's ``/metrics`` merges them with ``MultiProcessCollector``: counters and histograms are
@@ -16,6 +17,7 @@ import asyncio
 import time
 
 from prometheus_client import Counter, Gauge, Histogram
+from starlette.responses import JSONResponse
 
 # Millisecond-scale buckets (in seconds) from 1 ms up to the 120 s request timeout.
 LATENCY_BUCKETS_S = (
@@ -115,3 +117,27 @@ class RequestMetricsMiddleware:
             REQUESTS.labels(endpoint=path).inc()
             if status >= 400:
                 REQUEST_ERRORS.labels(endpoint=path, reason=error_reason(status)).inc()
+
+
+class ModelReadyGuard:
+    """ASGI middleware: answers 503 with the reason on /classify and /feedback while no model is
+    loaded (BentoML turns a 503 raised inside an API into a generic message)."""
+
+    GUARDED = frozenset({"/classify", "/feedback"})
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope.get("path") in self.GUARDED:
+            reason = getattr(_current_service(), "unready_reason", None)
+            if reason is not None:
+                await JSONResponse({"error": f"no model is serving yet: {reason}"}, status_code=503)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _current_service():
+    import bentoml
+
+    return bentoml.get_current_service()  # the instance BentoML built for this worker

@@ -1,21 +1,16 @@
 """The BentoML service: classifies texts with the champion model, logs every prediction and
 feedback durably, and hot-swaps to a newly promoted champion without a restart.
 
-Start it with ``tuneloop serve`` or ``bentoml serve serving.service:TuneloopService`` (binds
-127.0.0.1:3000 unless told otherwise). Endpoints (all POST, JSON):
+Endpoints (POST, JSON): ``/classify`` (adaptive batching: concurrent requests share a forward
+pass; bad input gets HTTP 400 from pydantic, ``detail[].loc`` / ``detail[].msg`` say what and
+why), ``/feedback`` (404 unknown id, 422 unknown label), ``/admin/reload`` (bearer token).
 
-* ``/classify`` ``{"texts": [...]}`` -> one prediction per text. Adaptive batching is on: the
-  texts of concurrent requests are merged into one forward pass. Bad input gets HTTP 400 from
-  pydantic with the failing field in ``detail[].loc`` and the reason in ``detail[].msg``.
-* ``/feedback`` ``{"request_id", "label"}`` -> 404 unknown id, 422 label not in the live model.
-* ``/admin/reload`` (``Authorization: Bearer $TUNELOOP_ADMIN_TOKEN``) -> check the pointer now.
-
-Which model serves is the champion pointer (``<home>/champion.json``), not BentoML's ``:latest``.
-A poller thread re-reads it every ``poll_seconds``; a new champion is loaded and smoke-tested
-*beside* the live one and only then swapped in, so no request waits for a load. With no
-champion at all the service starts but stays unready (``/readyz`` 503, one clear log line) and
-becomes ready once a model is promoted: a worker that raised in ``__init__`` would instead be
-restarted by BentoML every 10 s forever, printing the same traceback.
+The model served is the one the champion pointer (``<home>/champion.json``) names, not BentoML's
+``:latest``. A poller thread re-reads it every ``poll_seconds``; a new champion is loaded and
+smoke-tested beside the live one and only then swapped in, so no request waits for a load.
+With no champion the service starts but stays unready (``/readyz`` 503, one log line) until
+one is promoted: a worker that raised in ``__init__`` would be restarted by BentoML every 10 s,
+forever, printing the same traceback.
 """
 
 from __future__ import annotations
@@ -34,7 +29,6 @@ import bentoml
 import numpy as np
 from bentoml.exceptions import ServiceUnavailable
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
-from starlette.responses import JSONResponse
 
 from serving import metrics
 from serving.config import ENV_VARS, ServeConfig
@@ -82,7 +76,7 @@ LabelName = Annotated[str, StringConstraints(strict=True, min_length=1, max_leng
 
 class TopLabel(BaseModel):
     label: str
-    probability: float
+    probability: float  # 0..1
 
 
 class TextPrediction(BaseModel):
@@ -98,7 +92,7 @@ class TextPrediction(BaseModel):
 @dataclass(frozen=True)
 class LiveModel:
     tag: str
-    classifier: Classifier
+    classifier: Classifier  # never mutated once live: in-flight batches keep their reference
 
 
 @dataclass(frozen=True)
@@ -265,21 +259,21 @@ class TuneloopService:
         started = time.time()
         live = self.live_model
         if live is None:
-            raise ServiceUnavailable(self._unready_reason)
+            raise ServiceUnavailable(self._unready_reason)  # normally answered by metrics.ModelReadyGuard
         labels = live.classifier.labels
         proba = live.classifier.predict_proba([str(t) for t in texts])  # (n, n_labels)
         answered = time.time()
         predictions, records = [], []
         for text, row in zip(texts, proba):
             top = [(labels[i], float(row[i])) for i in np.argsort(-row, kind="stable")[:TOP_K]]
-            request_id = uuid.uuid4().hex
-            latency_ms = (answered - getattr(text, "received_at", started)) * 1000.0
-            records.append(PredictionRecord(
-                request_id=request_id, created_at=answered, text=str(text), label=top[0][0],
-                confidence=top[0][1], top3=top, model_tag=live.tag, latency_ms=latency_ms,
-            ))
+            record = PredictionRecord(
+                request_id=uuid.uuid4().hex, created_at=answered, text=str(text), label=top[0][0],
+                confidence=top[0][1], top3=top, model_tag=live.tag,
+                latency_ms=(answered - getattr(text, "received_at", started)) * 1000.0,
+            )
+            records.append(record)
             predictions.append(TextPrediction(
-                request_id=request_id, label=top[0][0], confidence=top[0][1],
+                request_id=record.request_id, label=record.label, confidence=record.confidence,
                 top3=[TopLabel(label=lab, probability=p) for lab, p in top], model_tag=live.tag,
             ))
         self.traffic.log_predictions(records)  # acknowledged => logged
@@ -327,24 +321,6 @@ class TuneloopService:
         return asdict(outcome)
 
 
-class ModelReadyGuard:
-    """ASGI middleware: answers 503 with the reason on /classify and /feedback while no model is
-    loaded (BentoML turns a 503 raised inside an API into a generic message)."""
-
-    GUARDED = frozenset({"/classify", "/feedback"})
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope.get("path") in self.GUARDED:
-            reason = getattr(bentoml.get_current_service(), "unready_reason", None)
-            if reason is not None:
-                await JSONResponse({"error": f"no model is serving yet: {reason}"}, status_code=503)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
 # First added = outermost: the metrics middleware also counts the guard's 503s.
 TuneloopService.add_asgi_middleware(metrics.RequestMetricsMiddleware)
-TuneloopService.add_asgi_middleware(ModelReadyGuard)
+TuneloopService.add_asgi_middleware(metrics.ModelReadyGuard)

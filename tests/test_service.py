@@ -84,8 +84,7 @@ def test_classify_answers_each_text_and_logs_it(client, champion_home):
     from serving.traffic_log import TrafficLog
 
     texts = ["where is my card?", "I was charged twice", "top up failed"]
-    before = sample("tuneloop_predictions_total", label="refund") + sum(
-        sample("tuneloop_predictions_total", label=lab) for lab in TINY_LABELS if lab != "refund")
+    before = sum(sample("tuneloop_predictions_total", label=lab) for lab in TINY_LABELS)
     r = client.post("/classify", json={"texts": texts})
     assert r.status_code == 200, r.text
     preds = r.json()
@@ -275,7 +274,7 @@ def test_no_champion_means_unready_until_one_is_promoted(home, monkeypatch):
 def test_metrics_endpoint_exports_tuneloop_metrics(client):
     from prometheus_client import values
 
-    if "MultiProcess" not in values.ValueClass.__name__:
+    if values.ValueClass.__name__ != "MmapedValue":
         pytest.skip("prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set")
     client.post("/classify", json={"texts": ["a", "b"]})
     text = client.get("/metrics").text

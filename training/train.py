@@ -83,6 +83,7 @@ def build_model(cfg: TrainConfig, labels: list[str]):
     model = AutoModelForSequenceClassification.from_pretrained(
         base, num_labels=len(labels), id2label=dict(enumerate(labels)),
         label2id={l: i for i, l in enumerate(labels)}, use_safetensors=True,
+        ignore_mismatched_sizes=True,  # a base that is already a classifier gets a new head
     )
     if cfg.freeze_layers:
         encoder = model.base_model
