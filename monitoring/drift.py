@@ -16,7 +16,8 @@ Four signals, each with a p-value so the policy can correct for testing them tog
 * ``confidence_drift``: two-sample Kolmogorov-Smirnov p-value on the top-1 confidence (Evidently ``ks``).
   Rabanser et al. 2019 ("Failing Loudly") found tests on the classifier's outputs the best detectors.
 * ``accuracy_drop``: reference accuracy minus accuracy on the window's labelled feedback; p-value of
-  a one-sided exact binomial test (H0: window accuracy >= reference accuracy). Computed with
+  a one-sided Fisher exact test on the 2 x 2 correct/wrong table of window vs reference (so the
+  reference's own sampling noise counts; H0: window accuracy >= reference accuracy). Computed with
   scikit-learn/scipy because the Evidently classification metrics cannot take a row subset of the
   same report; they land in the snapshot's metadata so the workspace keeps them.
 """
@@ -199,7 +200,7 @@ def compute_signals(reference: pd.DataFrame, current: pd.DataFrame, config: Drif
     """
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import ValueDrift
-    from scipy.stats import binomtest, norm
+    from scipy.stats import fisher_exact, norm
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.metrics import accuracy_score, f1_score
 
@@ -222,9 +223,10 @@ def compute_signals(reference: pd.DataFrame, current: pd.DataFrame, config: Drif
         macro_f1 = float(f1_score(y_true, y_pred, average="macro", zero_division=0))
     if len(ref_lab):
         ref_accuracy = float(accuracy_score(ref_lab["true_label"].astype(str), ref_lab["label"].astype(str)))
-    if n_labels and ref_accuracy is not None:
-        correct = int(round(accuracy * n_labels))
-        acc_p = float(binomtest(correct, n_labels, ref_accuracy, alternative="less").pvalue) if ref_accuracy > 0 else 1.0
+    if n_labels and ref_accuracy is not None:  # one-sided Fisher exact: window accuracy < reference accuracy
+        ok, ref_ok = round(accuracy * n_labels), round(ref_accuracy * len(ref_lab))
+        table = [[ok, n_labels - ok], [ref_ok, len(ref_lab) - ref_ok]]
+        acc_p = float(fisher_exact(table, alternative="less").pvalue)
 
     meta = {"n_current": str(len(current)), "n_labels": str(n_labels), "accuracy": f"{accuracy}",
             "macro_f1": f"{macro_f1}", "reference_accuracy": f"{ref_accuracy}", **(metadata or {})}

@@ -22,7 +22,7 @@ class GateConfig(BaseModel):
     """When a challenger may replace the champion."""
 
     metric: Literal["macro_f1", "accuracy"] = Field("macro_f1", description="Metric compared on the holdout.")
-    min_gain: float = Field(0.01, ge=0, le=1, description="Challenger must beat the champion by this much (absolute).")
+    min_gain: float = Field(0.01, ge=-1, le=1, description="Challenger must beat the champion by this much (absolute; negative tolerates a loss).")
     max_accuracy_drop: float = Field(0.0, ge=0, le=1, description="Accuracy may not fall by more than this.")
 
 

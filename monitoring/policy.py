@@ -103,7 +103,7 @@ def _fires(sig: SignalResult, report: WindowReport, policy: DriftPolicy, alpha: 
                  and sig.value >= policy.max_accuracy_drop)
         return fired, (f"{ACCURACY}: {report.reference_accuracy:.3f} -> {report.accuracy:.3f} on {report.n_labels} labels "
                        f"(drop {sig.value:.3f} vs >= {policy.max_accuracy_drop:.3f}, need >= "
-                       f"{policy.min_labels_for_accuracy} labels; binomial p={p_txt} vs < {alpha:.3g})")
+                       f"{policy.min_labels_for_accuracy} labels; Fisher p={p_txt} vs < {alpha:.3g})")
     fired = p is not None and p < alpha
     value = f"ROC AUC {sig.value:.3f}, " if "AUC" in sig.method else ""
     return fired, f"{sig.name}: {value}{sig.method.split(' (')[0]} p={p_txt} vs < {alpha:.3g}"
