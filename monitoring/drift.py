@@ -29,11 +29,13 @@ import math
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:  # pandas is imported inside the functions: importing this module (or policy) stays cheap
+    import pandas as pd
 
 TEXT, LABEL, CONFIDENCE, ACCURACY = "text_drift", "label_drift", "confidence_drift", "accuracy_drop"
 ALL_SIGNALS = (TEXT, LABEL, CONFIDENCE, ACCURACY)
@@ -114,6 +116,8 @@ def label_permutation_test(reference: pd.Series, current: pd.Series, n_permutati
     Returns:
         (chi-square statistic of the 2 x K table, permutation p-value = (1 + #null >= obs) / (1 + n)).
     """
+    import pandas as pd
+
     codes, uniques = pd.factorize(pd.concat([reference, current], ignore_index=True).astype(str))
     n_ref, n_cur = len(reference), len(current)
     total = np.bincount(codes, minlength=len(uniques))
@@ -161,6 +165,17 @@ def _auc_null_sd(n_ref: int, n_cur: int) -> float:
     return math.sqrt((n0 + n1 + 1) / (12 * max(n0, 1) * max(n1, 1)))
 
 
+def load_reference(path: Path) -> "pd.DataFrame":
+    """Read a model's ``reference.jsonl`` (rows ``{"text", "label", "confidence", "true_label"}``).
+
+    Raises:
+        FileNotFoundError: no such file.
+    """
+    import pandas as pd
+
+    return pd.read_json(Path(path), lines=True, dtype=False)
+
+
 def _prepare(frame: pd.DataFrame, what: str, cap: int, seed: int) -> pd.DataFrame:
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
@@ -169,6 +184,8 @@ def _prepare(frame: pd.DataFrame, what: str, cap: int, seed: int) -> pd.DataFram
         raise ValueError(f"{what} has {len(frame)} rows; need >= {MIN_ROWS} (check DriftPolicy.min_window first)")
     if len(frame) > cap:
         frame = frame.sample(n=cap, random_state=seed)
+    import pandas as pd
+
     return pd.DataFrame({"text": frame["text"].fillna("").astype(str).to_numpy(),
                          "label": frame["label"].astype(str).to_numpy(),
                          "confidence": frame["confidence"].astype(float).to_numpy()})

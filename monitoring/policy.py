@@ -105,8 +105,10 @@ def _fires(sig: SignalResult, report: WindowReport, policy: DriftPolicy, alpha: 
                        f"(drop {sig.value:.3f} vs >= {policy.max_accuracy_drop:.3f}, need >= "
                        f"{policy.min_labels_for_accuracy} labels; Fisher p={p_txt} vs < {alpha:.3g})")
     fired = p is not None and p < alpha
-    value = f"ROC AUC {sig.value:.3f}, " if "AUC" in sig.method else ""
-    return fired, f"{sig.name}: {value}{sig.method.split(' (')[0]} p={p_txt} vs < {alpha:.3g}"
+    method = sig.method.split(" (")[0]
+    if sig.value is not None and sig.value != p:  # a score with its own p-value (text: ROC AUC)
+        return fired, f"{sig.name}: {method} {sig.value:.3f}, p={p_txt} vs < {alpha:.3g}"
+    return fired, f"{sig.name}: {method} {p_txt} vs < {alpha:.3g}"
 
 
 def decide(signals: WindowReport, policy: DriftPolicy, state: PolicyState, *,

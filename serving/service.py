@@ -40,9 +40,8 @@ from training.store import ModelNotFoundError, get_model, read_champion
 log = logging.getLogger("bentoml.service.tuneloop")  # under "bentoml": shown by `bentoml serve`
 
 # Input limits and batching bounds are part of the API's types and decorator arguments, which
-# BentoML needs when the class is *defined*, so they are read from the environment here, at
-# import (the worker imports this module after `bentoml serve` has set the environment).
-# Everything else is read in __init__.
+# BentoML needs when the class is *defined*, so they are read from the environment here, at import
+# (the worker imports this module after `bentoml serve` set the env); the rest is read in __init__.
 _LIMITS = ServeConfig.from_env()
 TOP_K = 3  # labels returned per text
 SMOKE_TEXTS = ["where is my new card?", "I want a refund"]  # a new model must classify these
@@ -75,6 +74,8 @@ LabelName = Annotated[str, StringConstraints(strict=True, min_length=1, max_leng
 
 
 class TopLabel(BaseModel):
+    """One of the top-3 labels of a text and its probability."""
+
     label: str
     probability: float  # 0..1
 
@@ -91,6 +92,8 @@ class TextPrediction(BaseModel):
 
 @dataclass(frozen=True)
 class LiveModel:
+    """A loaded, smoke-tested model and its store tag (``name:version``)."""
+
     tag: str
     classifier: Classifier  # never mutated once live: in-flight batches keep their reference
 
@@ -235,6 +238,7 @@ class TuneloopService:
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:
+        """Stop the champion poller (BentoML calls this when the worker stops)."""
         self._stop.set()
         self._poller.join(timeout=5)
 

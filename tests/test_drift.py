@@ -187,3 +187,13 @@ def test_cost_of_a_1000_row_window(data, reference):
     started = time.perf_counter()
     r = compute_signals(reference, w, DriftConfig())
     assert r.n_current == 1000 and time.perf_counter() - started < 10
+
+
+def test_load_reference_reads_the_model_jsonl(tmp_path):
+    from monitoring.drift import load_reference
+
+    rows = [{"text": f"card {i}", "label": "007", "confidence": 0.9, "true_label": None if i % 2 else "007"}
+            for i in range(4)]
+    (tmp_path / "reference.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    ref = load_reference(tmp_path / "reference.jsonl")
+    assert list(ref["label"]) == ["007"] * 4 and ref["true_label"].notna().sum() == 2

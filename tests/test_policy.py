@@ -16,7 +16,7 @@ def window(p: dict[str, float] | None = None, n: int = 150, n_labels: int = 0, a
     p = p or {}
     drop = None if accuracy is None else 0.9 - accuracy
     signals = [
-        SignalResult(name=TEXT, method="domain classifier ROC AUC (perc)", value=0.5 + (p.get(TEXT, 1) < 0.01) * 0.2,
+        SignalResult(name=TEXT, method="domain classifier ROC AUC (perc_text_content_drift)", value=0.5 + (p.get(TEXT, 1) < 0.01) * 0.2,
                      threshold=0.587, fired=False, p_value=p.get(TEXT, 1.0)),
         SignalResult(name=LABEL, method="permutation chi-square p-value", value=p.get(LABEL, 1.0), threshold=0.0125,
                      fired=False, p_value=p.get(LABEL, 1.0)),
@@ -114,10 +114,10 @@ def test_accuracy_drop_alone_alarms_only_with_enough_labels():
 def test_reason_names_fired_signals_with_values_and_thresholds():
     d = run([window({TEXT: 1e-4, CONFIDENCE: 3e-9, ACCURACY: 1e-6}, n_labels=60, accuracy=0.55)])[0]
     assert d.fired == [TEXT, CONFIDENCE, ACCURACY]
-    assert "FIRED text_drift: ROC AUC 0.700" in d.reason and "p=0.0001 vs < 0.0125" in d.reason
-    assert "FIRED confidence_drift: K-S p-value p=3e-09 vs < 0.0125" in d.reason
+    assert "FIRED text_drift: domain classifier ROC AUC 0.700, p=0.0001 vs < 0.0125" in d.reason
+    assert "FIRED confidence_drift: K-S p-value 3e-09 vs < 0.0125" in d.reason
     assert "FIRED accuracy_drop: 0.900 -> 0.550 on 60 labels (drop 0.350 vs >= 0.100" in d.reason
-    assert "label_drift: permutation chi-square p-value p=1 vs < 0.0125" in d.reason
+    assert "; label_drift: permutation chi-square p-value 1 vs < 0.0125" in d.reason
     assert "3 of 4 signals fired" in d.reason
 
 

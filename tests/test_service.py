@@ -48,8 +48,10 @@ def fresh_asgi_app():
 
 def make_client(home, monkeypatch, token: str | None = TOKEN, poll_seconds: float = 0.2):
     """A TestClient whose service reads ``home`` and the settings from the environment."""
+    import torch
     from starlette.testclient import TestClient
 
+    monkeypatch.setenv("TUNELOOP_TORCH_THREADS", str(torch.get_num_threads()))  # leave the test process as is
     monkeypatch.setenv("TUNELOOP_HOME", str(home.root))
     monkeypatch.setenv("TUNELOOP_POLL_SECONDS", str(poll_seconds))
     if token is None:
