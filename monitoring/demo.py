@@ -15,6 +15,7 @@ champion afterwards; ``report.json`` there holds every figure.
 from __future__ import annotations
 
 import json
+import os
 import logging
 import random
 import subprocess
@@ -58,7 +59,7 @@ class DemoConfig(BaseModel):
     rate: float = Field(25.0, gt=0, description="Requests per second.")
     retrain_rate: float = Field(3.0, gt=0, description="Requests per second while a challenger trains (shared CPU).")
     clients: int = Field(4, ge=1, le=64, description="Concurrent client threads.")
-    monitor_interval: float = Field(3.0, gt=0, description="Seconds between monitor checks.")
+    monitor_interval: float = Field(1.0, gt=0, description="Seconds between monitor checks (windows then close at min_window rows).")
     min_window: int = Field(100, ge=10, description="Smallest window the monitor judges.")
     min_new_labels: int = Field(300, ge=0, description="Labels needed before a retrain.")
     seed: int = Field(0, description="Seeds intents, pools, queries, typos and feedback.")
@@ -98,7 +99,7 @@ def monitor_process(home: Home, cfg: DemoConfig, preset: str) -> Iterator[str]:
     with open(log_path, "ab") as log_fh:
         proc = subprocess.Popen([sys.executable, "-m", "monitoring.cli", "monitor", "--home", str(home.root),
                                  "--config", str(config_path)], stdout=log_fh, stderr=subprocess.STDOUT,
-                                env={**__import__("os").environ, **home.env()})
+                                env={**{k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}, **home.env()})
     try:
         yield f"http://127.0.0.1:{port}/metrics"
     finally:

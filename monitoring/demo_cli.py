@@ -75,6 +75,7 @@ def demo(
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per replayed request otherwise
     try:
         cfg = DemoConfig(data=data, quick=quick, scarce_intents=scarce_intents, scarce_examples=scarce_examples,
                          feedback_share=feedback_share, seed=seed)

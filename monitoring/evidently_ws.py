@@ -21,7 +21,8 @@ DRIFT_PANELS = (
 )
 
 
-def _add_dashboard(project) -> None:
+def _add_dashboard(ws, project) -> None:
+    """One "Drift" tab, one line panel per drift score."""
     from evidently.sdk.models import PanelMetric
     from evidently.sdk.panels import line_plot_panel
 
@@ -31,6 +32,12 @@ def _add_dashboard(project) -> None:
                                                              metric_labels={"column": column})]),
             tab="Drift",
         )
+    # Evidently 0.7.23 bug: add_panel() on an existing tab appends the panel id to it twice (the UI
+    # would draw every panel after the first twice). Deduplicate and save once more.
+    model = project.dashboard.model()
+    for tab in model.tabs:
+        tab.panels = list(dict.fromkeys(tab.panels))
+    ws.save_dashboard(project.id, model)
 
 
 def add_to_workspace(report: WindowReport, workspace_dir: Path, project_name: str = "tuneloop-monitoring",
@@ -59,8 +66,8 @@ def add_to_workspace(report: WindowReport, workspace_dir: Path, project_name: st
     if found:
         project = found[0]
     else:
-        project = ws.create_project(project_name, description="tuneloop: drift of live traffic vs the champion's reference")
-        _add_dashboard(project)
+        project = ws.create_project(project_name, description="tuneloop: live traffic vs the champion's reference")
+        _add_dashboard(ws, project)
     ref = ws.add_run(project.id, report.snapshot, include_data=False, name=run_name)
     return str(ref.id)
 

@@ -21,7 +21,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from monitoring.audit import AuditLog
-from monitoring.drift import DriftConfig, compute_signals, save_report
+from monitoring.drift import DriftConfig, compute_signals, load_reference, save_report
 from monitoring.exporter import MonitorMetrics
 from monitoring.policy import DriftPolicy, PolicyState, decide
 from monitoring.retrain import RetrainConfig, retrain_and_gate
@@ -42,7 +42,8 @@ class MonitorConfig(BaseModel):
     metrics_port: int | None = Field(9108, description="Port of the monitor's /metrics on 127.0.0.1; None: off.")
     evidently_project: str | None = Field("tuneloop-monitoring", description="Evidently workspace project; None: off.")
     save_html: bool = Field(True, description="Write Evidently's HTML report for each window.")
-    drift: DriftConfig = Field(default_factory=DriftConfig)
+    drift: dict = Field(default_factory=dict, description="DriftConfig fields other than those the policy sets "
+                        "(alpha, min_labels, max_accuracy_drop come from the policy, so report and decision agree).")
     policy: DriftPolicy = Field(default_factory=DriftPolicy)
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
 
@@ -92,12 +93,12 @@ class Monitor:
         self.traffic = TrafficLog(home.traffic_db_path)
         self.audit = AuditLog(home.traffic_db_path)
         self._reference: tuple[str, pd.DataFrame] | None = None
+        self.drift_config: DriftConfig = cfg.policy.drift_config(**cfg.drift)
 
     def reference(self, tag: str) -> pd.DataFrame:
         """The champion's reference sample (cached per tag)."""
         if self._reference is None or self._reference[0] != tag:
-            path = Path(get_model(self.home, tag).path) / REFERENCE_FILE
-            self._reference = (tag, pd.read_json(path, lines=True))
+            self._reference = (tag, load_reference(Path(get_model(self.home, tag).path) / REFERENCE_FILE))
         return self._reference[1]
 
     def cycle(self) -> CycleResult:
@@ -111,7 +112,7 @@ class Monitor:
             return CycleResult("skip_small_window", f"{pending} new rows < min_window {self.cfg.policy.min_window}",
                                cursor, end)
         window = self.traffic.read_window(max(cursor, end - self.cfg.max_window), end)
-        report = compute_signals(self.reference(champion.tag), window, self.cfg.drift,
+        report = compute_signals(self.reference(champion.tag), window, self.drift_config,
                                  metadata={"champion": champion.tag, "window": f"{cursor + 1}-{end}"})
         stem = f"window-{cursor + 1:09d}-{end:09d}"
         html_path = json_path = None
@@ -129,6 +130,8 @@ class Monitor:
         outcome = None
         action, reason = decision.action, decision.reason
         if decision.action == "retrain":
+            log.info("window %d-%d: %s", cursor + 1, end, reason)
+            log.info("retraining: monitoring cycles pause until the challenger is judged")
             outcome, action, reason = self._retrain(champion.tag, reason)
         self.audit.record(window_start_seq=cursor + 1, window_end_seq=end, window_size=len(window),
                           signals={"signals": [s.model_dump() for s in report.signals], "n_labels": report.n_labels,

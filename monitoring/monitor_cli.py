@@ -39,6 +39,8 @@ def monitor(
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("apscheduler", "httpx"):  # per-run chatter; our own log says what each cycle decided
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     raw = (yaml.safe_load(config.read_text()) or {}) if config else {}
     if interval is not None:
         raw["interval_seconds"] = interval

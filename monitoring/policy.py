@@ -14,9 +14,13 @@ Rule (defaults measured on Banking77, see ``tests/test_policy.py`` and ``tests/t
 5. Degraded: ``cooldown`` within ``cooldown_windows`` windows / ``cooldown_seconds`` of the last
    retrain, else ``retrain`` with at least ``min_new_labels`` new labels, else ``need_labels``.
 
-Two-of-four signals with Bonferroni and two-window confirmation follow the advice of Rabanser et
-al. 2019 ("Failing Loudly": univariate tests + Bonferroni) and the most common user complaint about
-drift tools (false alarms on small windows, anchors.md).
+Measured with the defaults on Banking77 texts and synthetic predictions (tests/test_drift.py
+docstring): 0 "degraded" verdicts in 700 in-distribution windows of 100-200 rows (5 settings, two
+of them with Banking77's benign train/test intent-prior shift, where label_drift alone fires in
+6-11 % of windows); "degraded" at exactly the 2nd window in 35/35 runs of the 60 % scarce-intent +
+30 % typo shift, with or without feedback. Without confirmation: 6/700 false verdicts; with any
+single signal: 5/700 (confirmed) and 56/700 (unconfirmed). Univariate tests + Bonferroni as in
+Rabanser et al. 2019 ("Failing Loudly").
 """
 
 from __future__ import annotations
@@ -37,16 +41,16 @@ class DriftPolicy(BaseModel):
 
     min_window: int = Field(50, ge=10, description="Windows with fewer rows are not judged.")
     signals: tuple[str, ...] = Field(ALL_SIGNALS, description="Signals that count (names from drift.ALL_SIGNALS).")
-    alpha: float = Field(0.05, gt=0, lt=1, description="Family-wise false-alarm level per window, all signals together.")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Family-wise false-alarm level per window, all signals.")
     correction: Literal["bonferroni", "none"] = Field("bonferroni", description="Multiple-testing correction.")
     min_signals: int = Field(2, ge=1, description="Signals that must fire in one window for it to alarm.")
     sufficient_signals: tuple[str, ...] = Field((ACCURACY,), description="Signals that alarm a window on their own.")
     confirm_windows: int = Field(2, ge=1, description="Consecutive alarming windows before 'degraded'.")
     min_labels_for_accuracy: int = Field(30, ge=1, description="Labels in the window before accuracy_drop may fire.")
-    max_accuracy_drop: float = Field(0.10, ge=0, le=1, description="Accuracy drop vs the reference that matters (absolute).")
+    max_accuracy_drop: float = Field(0.10, ge=0, le=1, description="Absolute accuracy drop vs the reference.")
     min_new_labels: int = Field(50, ge=0, description="New labels since the last retrain needed to retrain.")
     cooldown_windows: int = Field(3, ge=0, description="Windows after a retrain during which no new retrain starts.")
-    cooldown_seconds: float = Field(0.0, ge=0, description="Seconds after a retrain during which no new retrain starts.")
+    cooldown_seconds: float = Field(0.0, ge=0, description="Seconds after a retrain without a new one.")
 
     @model_validator(mode="after")
     def _check(self) -> "DriftPolicy":
@@ -101,7 +105,8 @@ def _fires(sig: SignalResult, report: WindowReport, policy: DriftPolicy, alpha: 
             return False, f"{ACCURACY}: no labelled rows"
         fired = (p is not None and p < alpha and report.n_labels >= policy.min_labels_for_accuracy
                  and sig.value >= policy.max_accuracy_drop)
-        return fired, (f"{ACCURACY}: {report.reference_accuracy:.3f} -> {report.accuracy:.3f} on {report.n_labels} labels "
+        return fired, (f"{ACCURACY}: {report.reference_accuracy:.3f} -> {report.accuracy:.3f} "
+                       f"on {report.n_labels} labels "
                        f"(drop {sig.value:.3f} vs >= {policy.max_accuracy_drop:.3f}, need >= "
                        f"{policy.min_labels_for_accuracy} labels; Fisher p={p_txt} vs < {alpha:.3g})")
     fired = p is not None and p < alpha
@@ -148,19 +153,22 @@ def decide(signals: WindowReport, policy: DriftPolicy, state: PolicyState, *,
     degraded = consecutive >= policy.confirm_windows
     labels = state.labels_since_retrain + signals.n_labels if new_labels is None else new_labels
     windows = state.windows + 1
+    divisor = len(policy.signals) if policy.correction == "bonferroni" else 1
     head = (f"{len(fired)} of {len(policy.signals)} signals fired ({', '.join(fired) or 'none'}) at "
-            f"{policy.correction} alpha {policy.alpha:g}/{len(policy.signals) if policy.correction == 'bonferroni' else 1}"
-            f"={alpha:.3g}; window alarms when >= {policy.min_signals} fire or one of {list(policy.sufficient_signals)}: "
+            f"{policy.correction} alpha {policy.alpha:g}/{divisor}={alpha:.3g}; window alarms when >= "
+            f"{policy.min_signals} fire or one of {list(policy.sufficient_signals)}: "
             f"{'yes' if alarm else 'no'}; {consecutive}/{policy.confirm_windows} consecutive alarming windows")
 
     in_cooldown = state.last_retrain_window is not None and (
         windows - state.last_retrain_window <= policy.cooldown_windows
         or (state.last_retrain_at is not None and now - state.last_retrain_at < policy.cooldown_seconds))
-    new_state = state.model_copy(update={"windows": windows, "consecutive": consecutive, "labels_since_retrain": labels})
+    new_state = state.model_copy(update={"windows": windows, "consecutive": consecutive,
+                                         "labels_since_retrain": labels})
     if not degraded:
         action, why = ("wait", "alarm not yet confirmed") if alarm else ("none", "no alarm")
     elif in_cooldown:
-        action, why = "cooldown", (f"degraded, but within cooldown of the retrain at window {state.last_retrain_window} "
+        action, why = "cooldown", (f"degraded, but within cooldown of the retrain at window "
+                                   f"{state.last_retrain_window} "
                                    f"({policy.cooldown_windows} windows / {policy.cooldown_seconds:g} s)")
     elif labels < policy.min_new_labels:
         action, why = "need_labels", f"degraded, but only {labels} new labels < min_new_labels {policy.min_new_labels}"

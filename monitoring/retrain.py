@@ -72,6 +72,15 @@ def split_feedback(labelled: pd.DataFrame, holdout_fraction: float) -> tuple[pd.
     return df[~held].reset_index(drop=True), df[held].reset_index(drop=True)
 
 
+def _reference_rows(recent_unlabelled: pd.DataFrame | None, held_back: pd.DataFrame) -> pd.DataFrame | None:
+    """Rows to re-baseline the challenger's drift reference on: recent unlabelled traffic (text
+    only) plus the held-back feedback (text + true label, never trained on), so the reference stays
+    representative of live traffic and keeps true labels for the ``accuracy_drop`` signal."""
+    if recent_unlabelled is None or recent_unlabelled.empty:
+        return None
+    return pd.concat([recent_unlabelled[["text"]], held_back[["text", "label"]]], ignore_index=True)
+
+
 def retrain_and_gate(home: Home, champion_tag: str, labelled: pd.DataFrame, cfg: RetrainConfig,
                      recent_unlabelled: pd.DataFrame | None = None) -> RetrainOutcome:
     """Train a challenger, save it (not promoted), gate it, and promote it when it wins.
@@ -106,7 +115,7 @@ def retrain_and_gate(home: Home, champion_tag: str, labelled: pd.DataFrame, cfg:
     result = fine_tune(train_cfg, splits, extra_train=extra)
     challenger_tag = save_result(home, train_cfg, splits, result,
                                  extra_meta={"parent": champion_tag, "feedback_rows": len(fb_train)},
-                                 reference_rows=recent_unlabelled)
+                                 reference_rows=_reference_rows(recent_unlabelled, fb_held))
     verdict = run_gate(Classifier.load(champion.path, device=result.classifier.device), result.classifier, holdout, cfg.gate)
     if verdict.promoted:
         promote(home, challenger_tag, reason=verdict.reason)

@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Annotated, Any
 
 import anyio.to_thread
@@ -31,11 +31,11 @@ from bentoml.exceptions import ServiceUnavailable
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
 from serving import metrics
+from serving.champion import LiveModel, ModelSwapError, ReloadOutcome, load_checked
 from serving.config import ENV_VARS, ServeConfig
 from serving.traffic_log import PredictionRecord, TrafficLog, UnknownRequestError
 from training.home import Home
-from training.predict import Classifier
-from training.store import ModelNotFoundError, get_model, read_champion
+from training.store import read_champion
 
 log = logging.getLogger("bentoml.service.tuneloop")  # under "bentoml": shown by `bentoml serve`
 
@@ -44,7 +44,6 @@ log = logging.getLogger("bentoml.service.tuneloop")  # under "bentoml": shown by
 # (the worker imports this module after `bentoml serve` set the env); the rest is read in __init__.
 _LIMITS = ServeConfig.from_env()
 TOP_K = 3  # labels returned per text
-SMOKE_TEXTS = ["where is my new card?", "I want a refund"]  # a new model must classify these
 
 
 class ReceivedText(str):
@@ -88,56 +87,6 @@ class TextPrediction(BaseModel):
     confidence: float
     top3: list[TopLabel]
     model_tag: str
-
-
-@dataclass(frozen=True)
-class LiveModel:
-    """A loaded, smoke-tested model and its store tag (``name:version``)."""
-
-    tag: str
-    classifier: Classifier  # never mutated once live: in-flight batches keep their reference
-
-
-@dataclass(frozen=True)
-class ReloadOutcome:
-    """Result of one champion check. ``error`` says why the champion is not serving, if it is not."""
-
-    reloaded: bool
-    model_tag: str | None
-    champion_tag: str | None
-    error: str | None = None
-
-
-class ModelSwapError(RuntimeError):
-    """A champion could not be swapped in; ``reason`` is ``not_found``, ``load`` or ``smoke``."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-def load_checked(home: Home, tag: str) -> LiveModel:
-    """Load model ``tag`` from the store and smoke-test it, without touching the live model.
-
-    Raises:
-        ModelSwapError: the tag is not in the store, its folder does not load, or its smoke
-            prediction is not a finite probability row per text over its labels.
-    """
-    try:
-        stored = get_model(home, tag)
-    except ModelNotFoundError as exc:
-        raise ModelSwapError("not_found", str(exc)) from exc
-    try:
-        classifier = Classifier.load(stored.path)
-    except Exception as exc:  # anything wrong with an unvetted folder must leave the old model serving
-        raise ModelSwapError("load", f"model {tag} failed to load: {type(exc).__name__}: {exc}") from exc
-    try:
-        proba = classifier.predict_proba(SMOKE_TEXTS)
-    except Exception as exc:
-        raise ModelSwapError("smoke", f"model {tag} failed the smoke prediction: {type(exc).__name__}: {exc}") from exc
-    if proba.shape != (len(SMOKE_TEXTS), len(classifier.labels)) or not np.allclose(proba.sum(axis=1), 1, atol=1e-3):
-        raise ModelSwapError("smoke", f"model {tag} smoke prediction is not a probability row per text: {proba!r}")
-    return LiveModel(tag=tag, classifier=classifier)
 
 
 @bentoml.service(

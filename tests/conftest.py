@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The in-process BentoML app's /metrics merges processes with MultiProcessCollector, which needs
+# this set before prometheus_client is first imported (api-notes 1.7); the monitor's own registry
+# works either way.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="tuneloop-prom-"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BANKING77_DIR = REPO_ROOT.parent / "shared" / "data" / "banking77"

@@ -9,6 +9,18 @@ model trained on little of them would see in its validation split). In-distribut
 test-split texts of the known intents (uniform, so they also carry Banking77's benign train/test
 prior shift). Shifted windows: 60 % scarce-intent texts, 30 % of all texts with keyboard typos.
 30 % of window rows get feedback (true_label).
+
+Measured with this simulation and the default DriftConfig/DriftPolicy (alpha 0.05/4, >= 2 signals
+or an accuracy drop per window, confirmed over 2 windows), sequences through ``decide``:
+  in-distribution, 150 rows, 200 windows: per-signal fire rate text 1 %, label 2.5 %, confidence 1 %,
+    accuracy 0.5 %; 1 window alarming ("wait"), 0 degraded. 100 and 200 rows (100 windows each): 0, 0.
+  all 77 intents known, reference at train proportions vs the uniform test split (benign prior
+    shift), 150 rows x 200 / 200 rows x 100: label fires 6 % / 11 %; 5 / 0 alarming, 0 / 0 degraded.
+  shift (60 % scarce, 30 % typos), 100 rows without feedback, 150 with and without, 200 with:
+    label, confidence (and accuracy, with feedback) fire in 100 % of windows, text in 15/42/80 %;
+    degraded exactly at the 2nd shifted window after 20 quiet ones in 35/35 runs.
+  mild shift (20 % scarce, 10 % typos), 150 rows: degraded by the 2nd window in 9/10 runs with
+    feedback, 5/10 without (9/10 by the 4th).
 """
 
 from __future__ import annotations
@@ -20,7 +32,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from monitoring.drift import ACCURACY, CONFIDENCE, LABEL, DriftConfig, compute_signals, label_permutation_test, save_report
+from monitoring.drift import (ACCURACY, CONFIDENCE, LABEL, TEXT, DriftConfig, compute_signals, label_permutation_test,
+                              save_report)
 from monitoring.policy import DriftPolicy, PolicyState, decide
 
 N_SCARCE = 10
@@ -94,17 +107,34 @@ def reference(data):
     return reference_frame(data)
 
 
+N_QUIET = 20
+
+
 @pytest.fixture(scope="module")
 def quiet_and_shifted(data, reference):
-    return (compute_signals(reference, window_frame(data, 0)),
+    """(N_QUIET in-distribution reports, 2 shifted reports), 150-row windows, ~0.15 s each."""
+    return ([compute_signals(reference, window_frame(data, s)) for s in range(N_QUIET)],
             [compute_signals(reference, window_frame(data, s, shifted=True)) for s in (0, 1)])
 
 
-def test_same_distribution_window_is_not_flagged(quiet_and_shifted):
+def test_same_distribution_windows_are_not_flagged(quiet_and_shifted):
+    """A signal may fire alone by chance (alpha 0.0125 each); the policy needs two (or an accuracy drop)."""
     quiet, _ = quiet_and_shifted
-    assert [s.name for s in quiet.signals if s.fired] == []
-    d = decide(quiet, DriftPolicy(), PolicyState())
-    assert d.action == "none" and not d.degraded
+    assert all(sum(s.fired for s in r.signals) <= 1 for r in quiet)
+    state = PolicyState()
+    for r in quiet:
+        d = decide(r, DriftPolicy(), state)
+        state = d.state
+        assert d.action == "none" and not d.degraded
+
+
+def test_shift_after_quiet_traffic_triggers_retrain_at_its_second_window(quiet_and_shifted):
+    quiet, shifted = quiet_and_shifted
+    state, actions = PolicyState(), []
+    for r in quiet + shifted:
+        d = decide(r, DriftPolicy(min_new_labels=100), state)
+        state, actions = d.state, actions + [d.action]
+    assert actions == ["none"] * N_QUIET + ["wait", "retrain"]  # labels accumulate: ~45 per window
 
 
 def test_shifted_windows_are_flagged_and_confirmed_by_the_second(quiet_and_shifted):
@@ -143,27 +173,35 @@ def test_report_files_and_workspace(quiet_and_shifted, tmp_path):
     for run_name in ("w1", "w2"):
         add_to_workspace(r, tmp_path / "ws", "tuneloop-test", run_name=run_name)
     assert len(list((tmp_path / "ws").glob("*/snapshots/*.json"))) == 2
+    (dashboard,) = (tmp_path / "ws").glob("*/dashboard.json")
+    (tab,) = json.loads(dashboard.read_text())["tabs"]
+    assert tab["title"] == "Drift" and len(tab["panels"]) == len(set(tab["panels"])) == 3
 
 
 def test_label_test_is_calibrated_where_evidentlys_default_is_not(data):
-    """77 sparse intents, 150-row windows of test texts (all intents known) vs 1000 train-split rows.
+    """H0 true: reference (1000 rows) and 150-row windows drawn from the same pool (train split, disjoint
+    rows), 77 sparse intents, synthetic predictions.
 
-    Measured once over 200 windows (this test, seeds 0-199): permutation test p < 0.0125 in 1.5 %;
-    Evidently's default chi-square p < 0.05 in 70 % (expected counts ~2 per cell, reference noise ignored).
+    Measured (500 windows = 5 references x 100, n = 100/150/200): permutation test p < 0.0125 in
+    0.8/1.4/0.0 %, p < 0.05 in 4.4/7.2/2.4 %; Evidently's default chi-square p < 0.05 in 36/52/55 %
+    (expected counts ~2 per cell, reference noise ignored); Jensen-Shannon >= 0.1 in 100 %.
+    Between Banking77's train proportions and its uniform test split (a real, benign prior shift) the
+    permutation test fires in 4.8/6.8/4.4 % at 0.0125: the policy therefore wants a second signal.
     """
     from evidently.legacy.calculations.stattests import chi_stat_test
     from evidently.legacy.core import ColumnType
 
-    train, test, intents, _, _ = data
+    train, _, intents, _, _ = data
     rng = np.random.default_rng(0)
     ref_rows = train.sample(1000, random_state=0)
+    pool = train.drop(ref_rows.index)
     ref = pd.Series(predict(ref_rows["category"], [], intents, rng)[0])
     perm, chi = [], []
-    for seed in range(60):
-        cur = pd.Series(predict(test.sample(150, random_state=seed)["category"], [], intents, rng)[0])
+    for seed in range(200):
+        cur = pd.Series(predict(pool.sample(150, random_state=seed)["category"], [], intents, rng)[0])
         perm.append(label_permutation_test(ref, cur, n_permutations=500, seed=seed)[1] < 0.0125)
         chi.append(chi_stat_test(ref, cur, ColumnType.Categorical, 0.05).drifted)
-    assert np.mean(perm) <= 0.05 and np.mean(chi) >= 0.4
+    assert np.mean(perm) <= 0.04 and np.mean(chi) >= 0.25, (np.mean(perm), np.mean(chi))
 
 
 def test_permutation_test_detects_a_real_label_shift():
@@ -182,11 +220,17 @@ def test_bad_input_is_rejected(reference):
         compute_signals(reference, reference.head(5))
 
 
-def test_cost_of_a_1000_row_window(data, reference):
+def test_cost_of_a_1000_row_window_and_both_text_methods(data, reference):
+    """Budget 10 s; measured 0.12 s (default analytic AUC cutoff) and ~1.9 s (Evidently's bootstrap
+    percentile, 1000 random-classifier AUCs) on 2 cores. Both methods must agree on a clear shift."""
     w = pd.concat([window_frame(data, s, n=100, shifted=s % 2 == 0) for s in range(10)], ignore_index=True)
-    started = time.perf_counter()
-    r = compute_signals(reference, w, DriftConfig())
-    assert r.n_current == 1000 and time.perf_counter() - started < 10
+    for method in ("abs_text_content_drift", "perc_text_content_drift"):
+        started = time.perf_counter()
+        r = compute_signals(reference, w, DriftConfig(text_method=method))
+        assert r.n_current == 1000 and time.perf_counter() - started < 10
+        text = r.signal(TEXT)
+        assert text.fired and text.evidently_fired and text.p_value < 1e-4, text
+        assert text.threshold == pytest.approx(0.5 + 2.241 * np.sqrt((1000 + 1) / (12 * 500 * 500)), abs=0.01)
 
 
 def test_load_reference_reads_the_model_jsonl(tmp_path):

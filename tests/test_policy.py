@@ -16,7 +16,8 @@ def window(p: dict[str, float] | None = None, n: int = 150, n_labels: int = 0, a
     p = p or {}
     drop = None if accuracy is None else 0.9 - accuracy
     signals = [
-        SignalResult(name=TEXT, method="domain classifier ROC AUC (perc_text_content_drift)", value=0.5 + (p.get(TEXT, 1) < 0.01) * 0.2,
+        SignalResult(name=TEXT, method="domain classifier ROC AUC (abs_text_content_drift)",
+                     value=0.5 + (p.get(TEXT, 1) < 0.01) * 0.2,
                      threshold=0.587, fired=False, p_value=p.get(TEXT, 1.0)),
         SignalResult(name=LABEL, method="permutation chi-square p-value", value=p.get(LABEL, 1.0), threshold=0.0125,
                      fired=False, p_value=p.get(LABEL, 1.0)),

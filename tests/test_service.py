@@ -236,20 +236,20 @@ def test_model_that_fails_to_load_is_not_swapped_in(champion_home, monkeypatch, 
 def test_model_that_fails_the_smoke_prediction_is_not_swapped_in(champion_home, monkeypatch):
     import numpy as np
 
-    from serving import service
+    from serving import champion
     from training.store import promote
 
     old = champion_tag(champion_home)
     with make_client(champion_home, monkeypatch, poll_seconds=3600) as c:
         failures = sample("tuneloop_model_swap_failures_total", reason="smoke")
-        real_load = service.Classifier.load
+        real_load = champion.Classifier.load
 
         def load_nan_model(path, *args, **kwargs):
             clf = real_load(path, *args, **kwargs)
             clf.predict_proba = lambda texts, **kw: np.full((len(texts), len(clf.labels)), np.nan)
             return clf
 
-        monkeypatch.setattr(service.Classifier, "load", staticmethod(load_nan_model))
+        monkeypatch.setattr(champion.Classifier, "load", staticmethod(load_nan_model))
         promote(champion_home, save_tiny_model(champion_home, seed=1), reason="test")
         r = c.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
         assert r.json()["reloaded"] is False and "smoke" in r.json()["error"]

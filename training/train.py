@@ -132,7 +132,9 @@ def fine_tune(cfg: TrainConfig, splits: DataSplits, extra_train: pd.DataFrame | 
     train_df = splits.train if extra_train is None else pd.concat([splits.train, extra_train[["text", "label"]]], ignore_index=True)
     tokenizer, model = build_model(cfg, labels)
     train_ds = _encode(tokenizer, train_df, label2id, cfg.max_length)
-    val_ds = _encode(tokenizer, splits.validation, label2id, cfg.max_length)
+    # evaluation batches are sequential: sorted by length, each pads to a near-equal length
+    by_length = splits.validation.iloc[splits.validation["text"].str.len().argsort(kind="stable")]
+    val_ds = _encode(tokenizer, by_length, label2id, cfg.max_length)
     device = pick_device()
 
     def compute_metrics(pred) -> dict:
@@ -182,7 +184,7 @@ def reference_sample(clf: Classifier, rows: pd.DataFrame, size: int, seed: int) 
     """
     sample = rows.sample(n=min(size, len(rows)), random_state=seed)
     pred, conf = clf.predict(sample["text"].tolist())
-    truth = sample["label"].tolist() if "label" in sample else [None] * len(sample)
+    truth = ([None if pd.isna(v) else v for v in sample["label"]] if "label" in sample else [None] * len(sample))
     return pd.DataFrame({"text": sample["text"].tolist(), "label": pred, "confidence": np.round(conf, 6),
                          "true_label": truth})
 
