@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from monitoring.gate import GateConfig, run_gate
 from training.config import TrainConfig
-from training.data import load_splits
+from training.data import load_splits_for
 from training.home import Home
 from training.predict import Classifier
 from training.store import get_model, promote
@@ -101,10 +101,10 @@ def retrain_and_gate(home: Home, champion_tag: str, labelled: pd.DataFrame, cfg:
     base = TrainConfig.for_preset(cfg.preset, **{k: v for k, v in saved.items()
                                                  if k in ("data", "text_column", "label_column", "base_model",
                                                           "max_length", "val_fraction", "test_fraction", "seed",
-                                                          "max_train_per_label", "model_name", "reference_size")})
+                                                          "max_train_per_label", "model_name", "reference_size",
+                                                          "max_text_chars", "label_normalisation", "leakage")})
     train_cfg = base.model_copy(update={**cfg.overrides, "progress": False})
-    splits = load_splits(train_cfg.data, train_cfg.text_column, train_cfg.label_column, train_cfg.val_fraction,
-                         train_cfg.test_fraction, train_cfg.seed, train_cfg.max_train_per_label)
+    splits = load_splits_for(train_cfg)
     fb_train, fb_held = split_feedback(labelled, cfg.holdout_feedback_fraction)
     fb_train = fb_train[fb_train["label"].isin(splits.labels)]
     holdout = pd.concat([splits.test[["text", "label"]], fb_held], ignore_index=True)

@@ -110,12 +110,17 @@ def test_train_saves_versioned_model_with_metadata_and_first_is_champion(home, t
     assert result.promoted and read_champion(home).tag == result.tag
     stored = get_model(home, result.tag)
     files = {p.name for p in Path(stored.path).iterdir()}
-    assert {"model.safetensors", "config.json", "tokenizer.json", "reference.jsonl", "evaluation.json"} <= files
+    assert {"model.safetensors", "config.json", "tokenizer.json", "reference.jsonl", "evaluation", "MODEL_CARD.md",
+            "data_report.json"} <= files
+    evaluation = {p.name for p in (Path(stored.path) / "evaluation").iterdir()}
+    assert {"metrics.json", "confusion_matrix.png", "reliability.png", "misclassified.jsonl"} <= evaluation
+    card = (Path(stored.path) / "MODEL_CARD.md").read_text()
+    assert "## Test metrics" in card and "## Limits" in card
     assert not any(f.startswith("adapter") for f in files)  # LoRA merged before saving
     meta = stored.info.metadata
-    assert meta["labels"] == sorted(TINY_LABELS) and len(meta["data_sha256"]) == 64
+    assert meta["labels"] == sorted(TINY_LABELS) and len(meta["data_sha256"]) == 64 and meta["data_sha256"] in card
     assert meta["train_config"]["method"] == method and meta["base_model"] == "tiny-base"
-    for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1"):
+    for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_f1", "ece"):
         assert 0.0 <= meta["metrics"]["test"][key] <= 1.0
     assert result.test_metrics["n"] == 12 and "per_class" in result.test_metrics
     ref = pd.read_json(Path(stored.path) / "reference.jsonl", lines=True)

@@ -8,9 +8,10 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from training.augment import AugmentConfig
 from training.store import DEFAULT_MODEL_NAME
 
-Method = Literal["full", "lora"]
+Method = Literal["full", "lora", "freeze", "head"]
 Preset = Literal["quick", "full"]
 
 
@@ -27,16 +28,28 @@ class TrainConfig(BaseModel):
     text_column: str = Field("text", description="Column holding the text.")
     label_column: str = Field("category", description="Column holding the label.")
     base_model: str | None = Field(None, description="Local model folder; default: the shipped all-MiniLM-L6-v2.")
-    method: Method = Field("full", description="full: every weight trains; lora: PEFT LoRA adapters, merged before saving.")
-    freeze_layers: int = Field(0, ge=0, description="Freeze the embeddings and the first N encoder layers (0: none).")
+    method: Method = Field("full", description="full: every weight trains; lora: PEFT LoRA adapters (merged before "
+                           "saving); freeze: embeddings + first freeze_layers encoder layers frozen; head: the whole "
+                           "encoder frozen, pooler + classifier train.")
+    freeze_layers: int = Field(0, ge=0, description="With method freeze (or full, which it turns into freeze): "
+                               "freeze the embeddings and the first N encoder layers.")
+    cache_frozen: bool = Field(True, description="freeze/head: compute the frozen layers' output once and train the "
+                               "rest on it, instead of recomputing it every epoch.")
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling alpha.")
     lora_dropout: float = Field(0.1, ge=0, lt=1, description="LoRA dropout.")
+    lora_target_modules: list[str] | None = Field(None, description="Module names LoRA wraps (default for BERT: "
+                                                  "query, value); e.g. query key value dense.")
     epochs: float = Field(6.0, gt=0, description="Maximum epochs (early stopping may end sooner).")
     batch_size: int = Field(32, ge=1, le=1024, description="Training batch size.")
     learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate (linear warm-up then linear decay).")
     head_lr_multiplier: float = Field(10.0, ge=1, description="The new classifier head (and pooler) learns this many "
                                       "times faster than the pretrained encoder.")
+    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = Field("linear", description="Schedule after warm-up.")
+    gradient_accumulation: int = Field(1, ge=1, le=64, description="Batches accumulated per optimiser step.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the cross-entropy loss.")
+    dropout: float | None = Field(None, ge=0, lt=1, description="Override the encoder's hidden, attention and "
+                                  "classifier dropout (None: keep the model's).")
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of steps spent warming up.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     max_length: int = Field(64, ge=8, le=512, description="Tokens kept per text (Banking77: 99% are <= 53).")
@@ -46,11 +59,24 @@ class TrainConfig(BaseModel):
     max_train_per_label: int | None = Field(None, ge=1, description="Cap on training rows per label (speed); None: all.")
     seed: int = Field(42, description="Seed for splits, sampling and initialisation.")
     reference_size: int = Field(1000, ge=50, description="Rows of the drift reference sample kept with the model.")
+    max_text_chars: int = Field(1000, ge=10, description="Texts longer than this are dropped at cleaning.")
+    label_normalisation: Literal["strip", "lower", "snake"] = Field(
+        "strip", description="strip: trim whitespace; lower: also lowercase; snake: lowercase, runs of non-letters -> _.")
+    leakage: Literal["warn", "fail", "drop"] = Field(
+        "warn", description="What to do with test texts that also appear in train (exact or near-duplicate after "
+        "normalisation): warn, fail, or drop them from train.")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Training-split augmentation.")
+    quantize: Literal["none", "int8"] = Field("none", description="int8: also measure dynamic int8 quantisation "
+                                              "(accuracy and speed vs fp32) and mark the model for int8 serving on CPU.")
     model_name: str = Field(DEFAULT_MODEL_NAME, description="Name of the model in the BentoML store.")
     progress: bool = Field(True, description="Show progress bars.")
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
+        if self.method == "full" and self.freeze_layers:
+            self.method = "freeze"
+        if self.method == "freeze" and not self.freeze_layers:
+            raise ValueError("method freeze needs freeze_layers >= 1 (or use method head to freeze every layer)")
         if self.base_model is not None and not self.base_model.startswith("hf:") and not Path(self.base_model).is_dir():
             raise ValueError(f"base_model {self.base_model!r} is not a folder; give a local model folder (no download at run time)")
         return self
@@ -75,6 +101,6 @@ class TrainConfig(BaseModel):
 # quick: what the demo and the retraining loop use (minutes on 2 CPU cores): the embeddings and
 # lower encoder layers frozen, few epochs at a higher learning rate. full: every layer trains.
 PRESETS: dict[str, dict] = {
-    "quick": {"epochs": 3, "freeze_layers": 3, "learning_rate": 3e-4, "patience": 1},
+    "quick": {"method": "freeze", "epochs": 3, "freeze_layers": 3, "learning_rate": 3e-4, "patience": 1},
     "full": {},
 }

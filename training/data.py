@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 
 FORMATS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 LEAK_EXAMPLES = 5  # leaked texts quoted in the report
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\ufeff]")
 
 
 class DataError(ValueError):
@@ -37,7 +39,12 @@ class DataReport:
         dropped_duplicates: exact duplicate (text, label) rows dropped, per split.
         leaked_texts: number of test texts that also appear in train (after cleaning).
         leaked_examples: a few of them.
+        dropped_too_long: rows dropped for a text over the length cap, per split.
+        leakage_action: what was done about leaked texts (warn, drop).
         label_counts: training rows per label (after the validation split).
+        imbalance_ratio: largest over smallest label count in train.
+        length_quantiles: training text length in characters at q05/q50/q95/q99/max.
+        augmented_rows: training rows each augmentation method added.
         train_sha256: SHA-256 of the training rows (sorted ``text\\tlabel`` lines).
     """
 
@@ -45,9 +52,14 @@ class DataReport:
     rows_in: dict[str, int] = field(default_factory=dict)
     dropped_empty: dict[str, int] = field(default_factory=dict)
     dropped_duplicates: dict[str, int] = field(default_factory=dict)
+    dropped_too_long: dict[str, int] = field(default_factory=dict)
     leaked_texts: int = 0
     leaked_examples: list[str] = field(default_factory=list)
+    leakage_action: str = "warn"
     label_counts: dict[str, int] = field(default_factory=dict)
+    imbalance_ratio: float = 1.0
+    length_quantiles: dict[str, float] = field(default_factory=dict)
+    augmented_rows: dict[str, int] = field(default_factory=dict)
     train_sha256: str = ""
 
     def to_dict(self) -> dict:
@@ -117,8 +129,26 @@ def read_source(source: str) -> dict[str, pd.DataFrame]:
     return frames
 
 
-def normalise(raw: pd.DataFrame, text_column: str, label_column: str, where: str) -> pd.DataFrame:
-    """Select and rename the text and label columns to ``text``/``label`` (str, whitespace collapsed).
+def normalise_label(label: str, mode: str = "strip") -> str:
+    """``strip``: trim; ``lower``: trim + lowercase; ``snake``: lowercase, runs of non-alphanumerics -> ``_``."""
+    label = label.strip()
+    if mode in ("lower", "snake"):
+        label = label.lower()
+    if mode == "snake":
+        label = re.sub(r"[^0-9a-z]+", "_", label).strip("_")
+    return label
+
+
+def near_duplicate_key(text: str) -> str:
+    """The text lowercased with punctuation removed and whitespace collapsed: two texts with the
+    same key are near duplicates (leakage check)."""
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def normalise(raw: pd.DataFrame, text_column: str, label_column: str, where: str,
+              label_normalisation: str = "strip") -> pd.DataFrame:
+    """Select and rename the text and label columns to ``text``/``label`` (str; control characters
+    removed, whitespace collapsed; labels normalised as ``label_normalisation`` says).
 
     Raises:
         DataError: a column is missing (the message lists the columns there are).
@@ -131,15 +161,19 @@ def normalise(raw: pd.DataFrame, text_column: str, label_column: str, where: str
         )
     df = pd.DataFrame({"text": raw[text_column], "label": raw[label_column]})
     df = df.dropna()
-    df["text"] = df["text"].astype(str).str.replace(r"\s+", " ", regex=True).str.strip()
-    df["label"] = df["label"].astype(str).str.strip()
+    df["text"] = (df["text"].astype(str).str.replace(CONTROL_CHARS, "", regex=True)
+                  .str.replace(r"\s+", " ", regex=True).str.strip())
+    df["label"] = df["label"].astype(str).map(lambda l: normalise_label(l, label_normalisation))
     return df
 
 
-def clean(df: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
-    """Drop empty texts/labels, then exact duplicate rows. Returns (frame, n_empty, n_duplicates)."""
+def clean(df: pd.DataFrame, max_text_chars: int | None = None) -> tuple[pd.DataFrame, int, int]:
+    """Drop empty texts/labels, texts over ``max_text_chars`` (counted with the empties), then exact
+    duplicate rows. Returns (frame, n_empty_or_too_long, n_duplicates)."""
     n0 = len(df)
     df = df[(df["text"] != "") & (df["label"] != "")]
+    if max_text_chars:
+        df = df[df["text"].str.len() <= max_text_chars]
     n_empty = n0 - len(df)
     n1 = len(df)
     df = df.drop_duplicates(subset=["text", "label"]).reset_index(drop=True)
@@ -173,6 +207,9 @@ def load_splits(
     test_fraction: float = 0.2,
     seed: int = 42,
     max_train_per_label: int | None = None,
+    max_text_chars: int | None = 1000,
+    label_normalisation: str = "strip",
+    leakage: str = "warn",
 ) -> DataSplits:
     """Read, validate, clean and split a data set.
 
@@ -181,14 +218,16 @@ def load_splits(
         label) and whose test is the source's test split (or a stratified share of the single file).
 
     Raises:
-        DataError: missing path/columns, fewer than 2 labels, or test labels unknown to train.
+        DataError: missing path/columns, fewer than 2 labels, test labels unknown to train, or
+            leakage found with ``leakage="fail"``.
     """
     frames = read_source(source)
     report = DataReport(source=source)
     cleaned = {}
     for split, raw in frames.items():
         report.rows_in[split] = len(raw)
-        df, n_empty, n_dup = clean(normalise(raw, text_column, label_column, f"{source} [{split}]"))
+        df, n_empty, n_dup = clean(normalise(raw, text_column, label_column, f"{source} [{split}]",
+                                             label_normalisation), max_text_chars)
         report.dropped_empty[split], report.dropped_duplicates[split] = n_empty, n_dup
         cleaned[split] = df
     train = cleaned["train"]
@@ -200,16 +239,33 @@ def load_splits(
     unknown = sorted(set(test["label"]) - set(train["label"]))
     if unknown:
         raise DataError(f"{source}: test labels never seen in train: {unknown[:10]}")
-    leaked = sorted(set(test["text"].str.lower()) & set(train["text"].str.lower()))
-    report.leaked_texts, report.leaked_examples = len(leaked), leaked[:LEAK_EXAMPLES]
+    train_keys = train["text"].map(near_duplicate_key)
+    leaked = sorted(set(test["text"].map(near_duplicate_key)) & set(train_keys))
+    report.leaked_texts, report.leaked_examples, report.leakage_action = len(leaked), leaked[:LEAK_EXAMPLES], leakage
     if leaked:
-        log.warning("%d test texts also appear in train (leakage), e.g. %r", len(leaked), leaked[:3])
+        if leakage == "fail":
+            raise DataError(f"{source}: {len(leaked)} test texts also appear in train (exact or near duplicates), e.g. "
+                            f"{leaked[:3]}; remove them or set leakage to warn/drop")
+        log.warning("%d test texts also appear in train (leakage, near duplicates included), e.g. %r%s", len(leaked),
+                    leaked[:3], "; dropped from train" if leakage == "drop" else "")
+        if leakage == "drop":
+            train = train[~train_keys.isin(set(leaked))].reset_index(drop=True)
     if max_train_per_label:
         train = (train.groupby("label", group_keys=False, sort=True)
                  .apply(lambda g: g.sample(n=min(len(g), max_train_per_label), random_state=seed))
                  .reset_index(drop=True))
     train, validation = stratified_split(train, val_fraction, seed)
     report.label_counts = {str(k): int(v) for k, v in train["label"].value_counts().sort_index().items()}
+    report.imbalance_ratio = round(max(report.label_counts.values()) / min(report.label_counts.values()), 2)
+    lengths = train["text"].str.len()
+    report.length_quantiles = {f"q{int(q * 100):02d}": float(lengths.quantile(q)) for q in (0.05, 0.5, 0.95, 0.99)}
+    report.length_quantiles["max"] = float(lengths.max())
     report.train_sha256 = data_sha256(train)
     labels = sorted(set(train["label"]) | set(validation["label"]))
     return DataSplits(train=train, validation=validation, test=test.reset_index(drop=True), labels=labels, report=report)
+
+
+def load_splits_for(cfg) -> DataSplits:
+    """:func:`load_splits` with every data field of a ``TrainConfig``."""
+    return load_splits(cfg.data, cfg.text_column, cfg.label_column, cfg.val_fraction, cfg.test_fraction, cfg.seed,
+                       cfg.max_train_per_label, cfg.max_text_chars, cfg.label_normalisation, cfg.leakage)

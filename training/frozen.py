@@ -1,0 +1,116 @@
+"""Train only the top of a BERT-style classifier on cached outputs of its frozen bottom.
+
+With the embeddings and the first N encoder layers frozen (method ``freeze``, or all of them for
+``head``), their output for a given text never changes across epochs. Recomputing it every epoch
+is waste: :func:`cache_hidden_states` runs the frozen part once per text, and :class:`TopStack`
+trains the remaining layers + pooler + classifier on the cached states. The modules are shared
+with the full model, so after training the full model holds the trained weights and is saved as
+usual. Gain measured in ``benchmarks/train_bench.py`` (README table).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+
+def frozen_depth(model) -> int:
+    """How many encoder layers, counted from the bottom, have no trainable parameter (0..L).
+
+    Raises:
+        ValueError: the embeddings still train (nothing can be cached).
+    """
+    base = model.base_model
+    if any(p.requires_grad for p in base.embeddings.parameters()):
+        raise ValueError("the embeddings are trainable: nothing below the first encoder layer is frozen")
+    depth = 0
+    for layer in base.encoder.layer:
+        if any(p.requires_grad for p in layer.parameters()):
+            break
+        depth += 1
+    return depth
+
+
+@torch.inference_mode()
+def cache_hidden_states(model, input_ids: list[list[int]], depth: int, batch_size: int = 128,
+                        device: str = "cpu") -> list[torch.Tensor]:
+    """Hidden states after the embeddings and the first ``depth`` layers, one ``(len_i, hidden)``
+    float32 CPU tensor per text (no padding kept). Texts are batched by length."""
+    base = model.base_model.eval()
+    order = np.argsort([len(ids) for ids in input_ids], kind="stable")
+    out: list[torch.Tensor | None] = [None] * len(input_ids)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = max(len(input_ids[i]) for i in idx)
+        ids = torch.zeros((len(idx), width), dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids[row, : len(input_ids[i])] = torch.tensor(input_ids[i])
+            mask[row, : len(input_ids[i])] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        hidden = base.embeddings(input_ids=ids)
+        ext = base._create_attention_masks(attention_mask=mask, encoder_attention_mask=None, embedding_output=hidden,
+                                           encoder_hidden_states=None, past_key_values=None)[0]
+        for layer in base.encoder.layer[:depth]:
+            hidden = layer(hidden, ext)
+        hidden = hidden.float().cpu()
+        for row, i in enumerate(idx):
+            out[i] = hidden[row, : len(input_ids[i])].clone()
+    return out  # type: ignore[return-value]
+
+
+class CachedStates(torch.utils.data.Dataset):
+    """Cached hidden states + label ids. Items carry ``input_ids`` only so the Trainer's
+    length-grouped sampler can read each text's length."""
+
+    def __init__(self, states: list[torch.Tensor], labels: list[int]) -> None:
+        self.states, self.labels = states, labels
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"hidden_states": self.states[i], "labels": self.labels[i], "input_ids": range(len(self.states[i]))}
+
+
+def collate_states(items: list[dict]) -> dict[str, torch.Tensor]:
+    """Pad a batch of cached states: ``hidden_states (b, t, h)``, ``attention_mask (b, t)``, ``labels (b,)``."""
+    width = max(len(it["hidden_states"]) for it in items)
+    hidden = items[0]["hidden_states"].shape[-1]
+    states = torch.zeros((len(items), width, hidden))
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for row, it in enumerate(items):
+        n = len(it["hidden_states"])
+        states[row, :n], mask[row, :n] = it["hidden_states"], 1
+    return {"hidden_states": states, "attention_mask": mask, "labels": torch.tensor([it["labels"] for it in items])}
+
+
+class TopStack(nn.Module):
+    """Encoder layers ``depth..L`` + pooler + dropout + classifier of ``model``, fed with cached
+    states; shares (does not copy) the modules, so training it trains ``model``.
+
+    Args:
+        model: a BERT-style ``*ForSequenceClassification`` (``base_model.encoder.layer``,
+            ``base_model.pooler``, ``dropout``, ``classifier``).
+        depth: frozen layers below (their output is the input here).
+        label_smoothing: of the cross-entropy loss.
+    """
+
+    def __init__(self, model, depth: int, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.model, self.depth = model, depth
+        self.loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor,
+                labels: torch.Tensor | None = None) -> SequenceClassifierOutput:
+        base = self.model.base_model
+        ext = base._create_attention_masks(attention_mask=attention_mask, encoder_attention_mask=None,
+                                           embedding_output=hidden_states, encoder_hidden_states=None,
+                                           past_key_values=None)[0]
+        for layer in base.encoder.layer[self.depth :]:
+            hidden_states = layer(hidden_states, ext)
+        logits = self.model.classifier(self.model.dropout(base.pooler(hidden_states)))
+        loss = self.loss(logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
