@@ -13,7 +13,7 @@ import typer
 from monitoring.demo_cli import demo
 from monitoring.monitor_cli import monitor
 from serving.cli import serve
-from training.cli import train
+from training.cli import fields_help, train, tune
 
 app = typer.Typer(
     name="tuneloop",
@@ -32,7 +32,8 @@ def _main() -> None:
         os.environ.setdefault(var, value)
 
 
-app.command("train")(train)
+app.command("train", epilog=fields_help())(train)
+app.command("tune")(tune)
 app.command("serve")(serve)
 app.command("monitor")(monitor)
 app.command("demo")(demo)

@@ -13,15 +13,77 @@ HOME_OPTION = typer.Option(DEFAULT_HOME, "--home", help="Run-state folder: model
                            envvar="TUNELOOP_HOME")
 
 
+def parse_sets(pairs: list[str]) -> dict:
+    """``["a=1", "augment.share=0.5"]`` -> ``{"a": 1, "augment": {"share": 0.5}}`` (values parsed as YAML).
+
+    Raises:
+        typer.BadParameter: an item has no ``=``.
+    """
+    import yaml
+
+    out: dict = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"{pair!r}: expected FIELD=VALUE", param_hint="--set")
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return out
+
+
+def build_config(config: Path | None, preset: str, overrides: dict, sets: list[str]):
+    """The TrainConfig from a YAML file or a preset, then explicit options, then ``--set`` pairs;
+    exits with code 2 and the validation message when it is invalid."""
+    from pydantic import ValidationError
+
+    from training.config import PRESETS, TrainConfig
+
+    if preset not in PRESETS:
+        raise typer.BadParameter(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}", param_hint="--preset")
+    extra = parse_sets(sets)
+    try:
+        if config is not None:
+            cfg = TrainConfig.from_yaml(config, **overrides)
+        else:
+            if overrides.get("data") is None and "data" not in extra:
+                raise typer.BadParameter("give --data (or a --config that sets data)", param_hint="--data")
+            cfg = TrainConfig.for_preset(preset, **overrides)
+        if extra:
+            merged = cfg.model_dump()
+            for key, value in extra.items():
+                merged[key] = {**merged[key], **value} if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+            cfg = TrainConfig(**merged)
+    except (ValidationError, ValueError) as exc:
+        typer.secho(f"invalid training config:\n{exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    return cfg
+
+
+def fields_help() -> str:
+    """Every TrainConfig field with its default and description (the --help epilog)."""
+    from training.config import TrainConfig
+
+    rows = []
+    for name, f in TrainConfig.model_fields.items():
+        default = "required" if f.is_required() else f.get_default(call_default_factory=True)
+        if hasattr(default, "model_dump"):  # nested config: list its own fields
+            default = ", ".join(f"{k}={v!r}" for k, v in default.model_dump().items())
+        rows.append(f"{name} (default: {default}): {f.description}")
+    return "Fields (--config YAML keys, or --set FIELD=VALUE):\n\n" + "\n\n".join(rows)
+
+
 def train(
     data: Optional[str] = typer.Option(None, "--data", help="Folder with train.csv|jsonl|parquet (+ test.*), one file, or hf:NAME."),
     config: Optional[Path] = typer.Option(None, "--config", exists=True, dir_okay=False,
                                           help="YAML file of training fields; command-line options override it."),
     preset: str = typer.Option("full", "--preset", help="quick (minutes on CPU; the demo and retraining use it) or full."),
-    text_column: Optional[str] = typer.Option(None, help="Text column [default: text]."),
-    label_column: Optional[str] = typer.Option(None, help="Label column [default: category]."),
-    base_model: Optional[str] = typer.Option(None, help="Local model folder [default: the shipped all-MiniLM-L6-v2]."),
-    method: Optional[str] = typer.Option(None, help="full or lora [default: full]."),
+    text_column: Optional[str] = typer.Option(None, help="Text column (default: text)."),
+    label_column: Optional[str] = typer.Option(None, help="Label column (default: category)."),
+    base_model: Optional[str] = typer.Option(None, help="Local model folder (default: the shipped all-MiniLM-L6-v2)."),
+    method: Optional[str] = typer.Option(None, help="full | lora | freeze | head (default: full; quick: freeze)."),
     freeze_layers: Optional[int] = typer.Option(None, help="Freeze embeddings + first N encoder layers."),
     epochs: Optional[float] = typer.Option(None, help="Maximum epochs (early stopping on validation macro F1)."),
     batch_size: Optional[int] = typer.Option(None, help="Training batch size."),
@@ -31,35 +93,27 @@ def train(
     patience: Optional[int] = typer.Option(None, help="Early-stopping patience in epochs."),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
     model_name: Optional[str] = typer.Option(None, help="Model name in the BentoML store."),
+    quantize: Optional[str] = typer.Option(None, help="int8: measure int8 dynamic quantisation vs fp32 and mark the "
+                                           "model for int8 CPU serving."),
+    set_: list[str] = typer.Option([], "--set", metavar="FIELD=VALUE",
+                                   help="Set any TrainConfig field (YAML value; dotted for nested, e.g. "
+                                        "augment.share=0.5, lora_target_modules=[query,value]). Repeatable; "
+                                        "listed below and in the README."),
     home: Path = HOME_OPTION,
 ) -> None:
     """Fine-tune a classifier, evaluate it on the test split and save it as a new model version.
 
     The first model saved in a home becomes the champion (the model `tuneloop serve` serves).
     """
-    from pydantic import ValidationError
-
-    from training.config import PRESETS, TrainConfig
     from training.data import DataError
     from training.home import Home
     from training.train import train as run_train
 
-    if preset not in PRESETS:
-        raise typer.BadParameter(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}", param_hint="--preset")
     overrides = dict(data=data, text_column=text_column, label_column=label_column, base_model=base_model,
                      method=method, freeze_layers=freeze_layers, epochs=epochs, batch_size=batch_size,
                      learning_rate=learning_rate, max_length=max_length, max_train_per_label=max_train_per_label,
-                     patience=patience, seed=seed, model_name=model_name)
-    try:
-        if config is not None:
-            cfg = TrainConfig.from_yaml(config, **overrides)
-        else:
-            if data is None:
-                raise typer.BadParameter("give --data (or a --config that sets data)", param_hint="--data")
-            cfg = TrainConfig.for_preset(preset, **overrides)
-    except (ValidationError, ValueError) as exc:
-        typer.secho(f"invalid training config:\n{exc}", fg="red", err=True)
-        raise typer.Exit(2) from exc
+                     patience=patience, seed=seed, model_name=model_name, quantize=quantize)
+    cfg = build_config(config, preset, overrides, set_)
     try:
         result = run_train(cfg, Home(home).ensure())
     except (DataError, FileNotFoundError) as exc:
@@ -69,4 +123,26 @@ def train(
     typer.echo(f"saved {result.tag}{' (champion)' if result.promoted else ''}")
     typer.echo(f"test n={m['n']} accuracy={m['accuracy']:.4f} macro_precision={m['macro_precision']:.4f} "
                f"macro_recall={m['macro_recall']:.4f} macro_f1={m['macro_f1']:.4f} "
-               f"({result.epochs_run:g} epochs, {result.seconds:.0f} s)")
+               f"({result.epochs_run:g} epochs, {result.seconds:.0f} s, "
+               f"{result.extra.get('examples_per_second', 0):.0f} examples/s)")
+
+
+def tune(
+    data: Optional[str] = typer.Option(None, "--data", help="Same as for train."),
+    config: Optional[Path] = typer.Option(None, "--config", exists=True, dir_okay=False,
+                                          help="Base TrainConfig YAML; the search varies some of its fields."),
+    preset: str = typer.Option("quick", "--preset", help="Base preset when no --config (default: quick)."),
+    trials: int = typer.Option(10, help="Most trials."),
+    minutes: float = typer.Option(60.0, help="Stop starting trials after this many minutes."),
+    out: Path = typer.Option(Path("best.yaml"), "--out", help="Where to write the best config (YAML)."),
+    set_: list[str] = typer.Option([], "--set", metavar="FIELD=VALUE", help="Set any base TrainConfig field."),
+) -> None:
+    """Search hyperparameters with Optuna (TPE + median pruning on validation macro F1) and write
+    the best configuration as YAML for `tuneloop train --config`. Nothing is saved to the store."""
+    from training.tune import TuneConfig, tune as run_tune
+
+    base = build_config(config, preset, {"data": data}, set_)
+    result = run_tune(base, TuneConfig(trials=trials, minutes=minutes), out)
+    typer.echo(f"best validation macro F1 {result.best_value:.4f} after {result.trials_run} trials "
+               f"({result.trials_pruned} pruned): {result.best_params}")
+    typer.echo(f"wrote {out}; train it with: tuneloop train --config {out}")

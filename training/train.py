@@ -74,10 +74,11 @@ def _cached(model, tokenizer, df: pd.DataFrame, label2id: dict[str, int], cfg: T
     return CachedStates(cache_hidden_states(model, ids, depth, device=device), [label2id[l] for l in df["label"]])
 
 
-def fine_tune(cfg: TrainConfig, splits: DataSplits, extra_train: pd.DataFrame | None = None) -> TrainResult:
+def fine_tune(cfg: TrainConfig, splits: DataSplits, extra_train: pd.DataFrame | None = None,
+              callbacks: list | None = None) -> TrainResult:
     """Fine-tune on ``splits.train`` (augmented as configured, + ``extra_train`` rows, columns
     text/label), early-stop on ``splits.validation`` macro F1, evaluate on ``splits.test``.
-    Nothing is saved."""
+    ``callbacks`` are extra ``TrainerCallback``s (the tuner's pruning). Nothing is saved."""
     import torch
     from transformers import (DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments,
                               set_seed)
@@ -130,7 +131,7 @@ def fine_tune(cfg: TrainConfig, splits: DataSplits, extra_train: pd.DataFrame | 
         trainer = Trainer(model=trained, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                           data_collator=collator, compute_metrics=compute_metrics,
                           optimizers=(make_optimizer(trained, cfg), None),
-                          callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience)])
+                          callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience), *(callbacks or [])])
         trainer.train()
         seconds = time.perf_counter() - start
         epochs_run = float(trainer.state.epoch or 0)
