@@ -105,9 +105,10 @@ def monitor_process(home: Home, cfg: DemoConfig, preset: str) -> Iterator[str]:
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=60)
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait(timeout=30)
 
 
 def _retraining(metrics_url: str) -> bool:

@@ -1,5 +1,6 @@
-"""The monitoring loop: every cycle reads the traffic logged since the last check, compares it
-with the champion's reference sample (Evidently), exports the signals, decides with the policy,
+"""The monitoring loop: every cycle reads the traffic logged since the last check, embeds it with the
+champion, compares it with the champion's reference sample (Evidently), estimates accuracy from
+calibrated confidences, exports the signals, decides with the policy, refreshes the labelling queue,
 and when the model has degraded and enough labels came in, retrains, gates and promotes.
 
 ``Monitor.cycle()`` is one step and is what tests call; :func:`run_scheduler` runs it every
@@ -22,7 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from monitoring.audit import AuditLog
 from monitoring.drift import DriftConfig, compute_signals, load_reference, save_report
+from monitoring.embeddings import embed_texts, novelty
 from monitoring.exporter import MonitorMetrics
+from monitoring.label_queue import QUEUE_FILE, rank_for_labelling, write_queue
+from monitoring.performance import Calibration, load_calibration
 from monitoring.policy import DriftPolicy, PolicyState, decide
 from monitoring.retrain import RetrainConfig, retrain_and_gate
 from serving.traffic_log import TrafficLog
@@ -42,6 +46,8 @@ class MonitorConfig(BaseModel):
     metrics_port: int | None = Field(9108, description="Port of the monitor's /metrics on 127.0.0.1; None: off.")
     evidently_project: str | None = Field("tuneloop-monitoring", description="Evidently workspace project; None: off.")
     save_html: bool = Field(True, description="Write Evidently's HTML report for each window.")
+    embeddings: bool = Field(True, description="Embed each window with the champion (embedding_drift signal).")
+    label_queue_size: int = Field(50, ge=0, description="Requests kept in <home>/label_queue.json; 0: off.")
     drift: dict = Field(default_factory=dict, description="DriftConfig fields other than those the policy sets "
                         "(alpha, min_labels, max_accuracy_drop come from the policy, so report and decision agree).")
     policy: DriftPolicy = Field(default_factory=DriftPolicy)
@@ -60,6 +66,16 @@ class CycleResult:
     degraded: bool = False
     report_json: str | None = None
     retrain: dict | None = None
+
+
+@dataclass
+class ChampionView:
+    """What the monitor needs of the champion besides its reference sample (None where switched off)."""
+
+    classifier: object | None
+    reference_embeddings: object | None
+    calibration: Calibration | None
+    vocab: set[str] | None
 
 
 @contextmanager
@@ -93,7 +109,9 @@ class Monitor:
         self.traffic = TrafficLog(home.traffic_db_path)
         self.audit = AuditLog(home.traffic_db_path)
         self._reference: tuple[str, pd.DataFrame] | None = None
+        self._champion: tuple[str, ChampionView] | None = None
         self.drift_config: DriftConfig = cfg.policy.drift_config(**cfg.drift)
+        self.metrics.interval.set(cfg.interval_seconds)
 
     def reference(self, tag: str) -> pd.DataFrame:
         """The champion's reference sample (cached per tag)."""
@@ -101,10 +119,27 @@ class Monitor:
             self._reference = (tag, load_reference(Path(get_model(self.home, tag).path) / REFERENCE_FILE))
         return self._reference[1]
 
+    def champion_view(self, tag: str) -> "ChampionView":
+        """The champion's classifier, reference embeddings, calibration and vocabulary (cached per tag;
+        the first call loads the model and embeds the reference sample: seconds)."""
+        if self._champion is None or self._champion[0] != tag:
+            from training.predict import Classifier
+
+            model_dir = Path(get_model(self.home, tag).path)
+            reference = self.reference(tag)
+            clf = Classifier.load(model_dir) if self.cfg.embeddings else None
+            ref_emb = embed_texts(clf, reference["text"].astype(str).tolist()) if clf is not None else None
+            vocab = set(clf.tokenizer.get_vocab()) if clf is not None else None
+            self._champion = (tag, ChampionView(clf, ref_emb, load_calibration(model_dir, reference), vocab))
+            self.metrics.set_champion(tag)
+        return self._champion[1]
+
     def cycle(self) -> CycleResult:
         """Check the traffic since the last cycle once; see the module docstring."""
         started = time.time()
+        self.metrics.last_check.set(started)
         champion = require_champion(self.home)
+        view = self.champion_view(champion.tag)
         cursor = int(self.audit.get_state("cursor", 0))
         end = self.traffic.max_seq()
         pending = end - cursor
@@ -112,8 +147,11 @@ class Monitor:
             return CycleResult("skip_small_window", f"{pending} new rows < min_window {self.cfg.policy.min_window}",
                                cursor, end)
         window = self.traffic.read_window(max(cursor, end - self.cfg.max_window), end)
+        embed = (lambda texts: embed_texts(view.classifier, texts)) if view.classifier is not None else None
         report = compute_signals(self.reference(champion.tag), window, self.drift_config,
-                                 metadata={"champion": champion.tag, "window": f"{cursor + 1}-{end}"})
+                                 metadata={"champion": champion.tag, "window": f"{cursor + 1}-{end}"},
+                                 reference_embeddings=view.reference_embeddings, current_embeddings=embed,
+                                 calibration=view.calibration, vocab=view.vocab)
         stem = f"window-{cursor + 1:09d}-{end:09d}"
         html_path = json_path = None
         if self.cfg.save_html:
@@ -126,7 +164,9 @@ class Monitor:
         fb_cursor = int(self.audit.get_state("feedback_cursor", 0))
         new_labels = len(self.traffic.labelled(after_feedback_seq=fb_cursor))
         decision = decide(report, self.cfg.policy, state, new_labels=new_labels)
-        self.metrics.observe_window(report, decision)
+        self.metrics.observe_window(report, decision, self.cfg.policy)
+        if self.cfg.label_queue_size:
+            self._update_label_queue(window, report, champion.tag, f"{cursor + 1}-{end}")
         outcome = None
         action, reason = decision.action, decision.reason
         if decision.action == "retrain":
@@ -134,8 +174,12 @@ class Monitor:
             log.info("retraining: monitoring cycles pause until the challenger is judged")
             outcome, action, reason = self._retrain(champion.tag, reason)
         self.audit.record(window_start_seq=cursor + 1, window_end_seq=end, window_size=len(window),
-                          signals={"signals": [s.model_dump() for s in report.signals], "n_labels": report.n_labels,
-                                   "accuracy": report.accuracy, "macro_f1": report.macro_f1},
+                          signals={"signals": [s.model_dump() for s in report.signals],
+                                   **report.model_dump(include={"n_labels", "accuracy", "accuracy_ci", "macro_f1",
+                                                                "reference_accuracy", "estimated_accuracy",
+                                                                "estimated_accuracy_sd", "intents"}),
+                                   "alarm": decision.alarm, "strong": decision.strong,
+                                   "labels_needed": decision.labels_needed},
                           degraded=decision.degraded, decision=action, reason=reason, champion_tag=champion.tag,
                           challenger_tag=(outcome or {}).get("challenger_tag"), retrain=outcome,
                           report_path=str(json_path) if json_path else None)
@@ -148,6 +192,15 @@ class Monitor:
         log.info("window %d-%d (%d rows): %s", cursor + 1, end, len(window), reason)
         return CycleResult(action, reason, cursor + 1, end, decision.degraded, str(json_path) if json_path else None,
                            outcome)
+
+    def _update_label_queue(self, window: pd.DataFrame, report, tag: str, span: str) -> None:
+        """Rank the unlabelled rows the tests used (uncertainty + novelty) into ``label_queue.json``."""
+        rows = window.iloc[report.current_positions] if report.current_positions is not None else window
+        nov = (novelty(report.reference_embeddings, report.current_embeddings)
+               if report.current_embeddings is not None else None)
+        queue = rank_for_labelling(rows, nov, self.cfg.label_queue_size)
+        write_queue(self.home.root / QUEUE_FILE, queue, tag, span)
+        self.metrics.queue_size.set(len(queue))
 
     def _retrain(self, champion_tag: str, reason: str) -> tuple[dict | None, str, str]:
         with retrain_lock(self.home) as acquired:
@@ -177,7 +230,9 @@ class Monitor:
 
 def run_scheduler(monitor: Monitor, interval_seconds: float, stop_after: float | None = None) -> None:
     """Run ``monitor.cycle`` now and then every ``interval_seconds`` until SIGINT/SIGTERM (or
-    ``stop_after`` seconds). Blocks the calling thread."""
+    ``stop_after`` seconds). Blocks the calling thread. Returns without waiting for a cycle that
+    is still running (a retrain): the caller exits the process, abandoning it, which is safe
+    because a model version is written to the store and promoted atomically or not at all."""
     import signal
     import threading
     from datetime import datetime, timezone
@@ -202,4 +257,4 @@ def run_scheduler(monitor: Monitor, interval_seconds: float, stop_after: float |
     try:
         stop.wait(stop_after)
     finally:
-        sched.shutdown(wait=True)
+        sched.shutdown(wait=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -15,13 +16,13 @@ def monitor(
     home: Path = typer.Option(DEFAULT_HOME, "--home", envvar="TUNELOOP_HOME", help="Run-state folder."),
     config: Optional[Path] = typer.Option(None, "--config", exists=True, dir_okay=False,
                                           help="YAML of MonitorConfig fields (drift, policy, retrain, ...)."),
-    interval: Optional[float] = typer.Option(None, "--interval", help="Seconds between checks [default: 30]."),
+    interval: Optional[float] = typer.Option(None, "--interval", help="Seconds between checks (default: 30)."),
     min_window: Optional[int] = typer.Option(None, "--min-window",
-                                             help="Skip (and keep accumulating) windows smaller than this [default: 50]."),
-    confirm_windows: Optional[int] = typer.Option(None, help="Consecutive alarming windows before 'degraded' [default: 2]."),
-    min_new_labels: Optional[int] = typer.Option(None, help="New feedback labels needed to retrain [default: 50]."),
-    min_gain: Optional[float] = typer.Option(None, help="Gate: macro-F1 gain the challenger needs [default: 0.01]."),
-    metrics_port: Optional[int] = typer.Option(None, help="Port of the monitor's /metrics on 127.0.0.1 [default: 9108]; 0: off."),
+                                             help="Skip (and keep accumulating) windows smaller than this (default: 50)."),
+    confirm_windows: Optional[int] = typer.Option(None, help="Consecutive alarming windows before 'degraded' (default: 2)."),
+    min_new_labels: Optional[int] = typer.Option(None, help="New feedback labels needed to retrain (default: 50)."),
+    min_gain: Optional[float] = typer.Option(None, help="Gate: macro-F1 gain the challenger needs (default: 0.01)."),
+    metrics_port: Optional[int] = typer.Option(None, help="Port of the monitor's /metrics on 127.0.0.1 (default: 9108); 0: off."),
     once: bool = typer.Option(False, "--once", help="Run one check and exit (for cron or a test)."),
     verbose: bool = typer.Option(True, "--verbose/--quiet", help="Log each decision."),
 ) -> None:
@@ -72,3 +73,6 @@ def monitor(
         typer.echo(f"monitor metrics on http://127.0.0.1:{cfg.metrics_port}/metrics")
     typer.echo(f"monitoring {home_obj.root} every {cfg.interval_seconds:g} s (Ctrl-C to stop)")
     run_scheduler(mon, cfg.interval_seconds)
+    typer.echo("monitor stopped")
+    logging.shutdown()
+    os._exit(0)  # do not wait for an abandoned retrain thread (see run_scheduler)

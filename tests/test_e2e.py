@@ -32,7 +32,7 @@ def test_demo_loop_end_to_end(banking77_slice, home):
 
     cfg = DemoConfig(data=str(banking77_slice), quick=True, scarce_intents=3, scarce_examples=5,
                      in_distribution_requests=200, after_retrain_requests=200, min_window=60,
-                     min_new_labels=80, rate=25.0, monitor_interval=2.0, timeout_minutes=10)
+                     min_new_labels=80, rate=25.0, monitor_interval=1.0, timeout_minutes=15)
     report, run_dir = run_demo(cfg, home)
     assert json.loads((run_dir / "report.json").read_text())["retrain"] == report["retrain"]
     phases = {p["name"]: p for p in report["phases"]}
