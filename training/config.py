@@ -52,6 +52,10 @@ class TrainConfig(BaseModel):
                                   "classifier dropout (None: keep the model's).")
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of steps spent warming up.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    padding: Literal["dynamic", "max_length"] = Field("dynamic", description="dynamic: pad each batch to its "
+                                                      "longest text; max_length: pad every text to max_length "
+                                                      "(the run_glue reference recipe, slower).")
+    group_by_length: bool = Field(True, description="Batch texts of similar length together (less padding).")
     max_length: int = Field(64, ge=8, le=512, description="Tokens kept per text (Banking77: 99% are <= 53).")
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of train held out (stratified) for early stopping.")
     test_fraction: float = Field(0.2, gt=0, lt=0.5, description="Share split off as test when the data has no test file.")

@@ -251,8 +251,7 @@ def load_splits(
         if leakage == "drop":
             train = train[~train_keys.isin(set(leaked))].reset_index(drop=True)
     if max_train_per_label:
-        train = (train.groupby("label", group_keys=False, sort=True)
-                 .apply(lambda g: g.sample(n=min(len(g), max_train_per_label), random_state=seed))
+        train = (train.sample(frac=1.0, random_state=seed).groupby("label", sort=False).head(max_train_per_label)
                  .reset_index(drop=True))
     train, validation = stratified_split(train, val_fraction, seed)
     report.label_counts = {str(k): int(v) for k, v in train["label"].value_counts().sort_index().items()}

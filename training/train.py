@@ -56,10 +56,11 @@ class TrainResult:
     extra: dict = field(default_factory=dict)
 
 
-def _encode(tokenizer, df: pd.DataFrame, label2id: dict[str, int], max_length: int):
+def _encode(tokenizer, df: pd.DataFrame, label2id: dict[str, int], max_length: int, padding: str = "dynamic"):
     from datasets import Dataset
 
-    enc = tokenizer(df["text"].tolist(), truncation=True, max_length=max_length)
+    enc = tokenizer(df["text"].tolist(), truncation=True, max_length=max_length,
+                    padding="max_length" if padding == "max_length" else False)
     return Dataset.from_dict({
         "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
         "length": [len(ids) for ids in enc["input_ids"]],
@@ -106,8 +107,8 @@ def fine_tune(cfg: TrainConfig, splits: DataSplits, extra_train: pd.DataFrame | 
         cache_seconds = time.perf_counter() - start
         trained, collator = TopStack(model, depth, cfg.label_smoothing), collate_states
     else:
-        train_ds = _encode(tokenizer, train_df, label2id, cfg.max_length)
-        val_ds = _encode(tokenizer, val_df, label2id, cfg.max_length)
+        train_ds = _encode(tokenizer, train_df, label2id, cfg.max_length, cfg.padding)
+        val_ds = _encode(tokenizer, val_df, label2id, cfg.max_length, cfg.padding)
         trained, collator = model, DataCollatorWithPadding(tokenizer)
 
     def compute_metrics(pred) -> dict:
@@ -124,7 +125,7 @@ def fine_tune(cfg: TrainConfig, splits: DataSplits, extra_train: pd.DataFrame | 
             label_smoothing_factor=0.0 if trained is not model else cfg.label_smoothing,
             eval_strategy="epoch", save_strategy="epoch", logging_strategy="epoch", save_total_limit=1,
             load_best_model_at_end=True, metric_for_best_model="macro_f1", greater_is_better=True,
-            train_sampling_strategy="group_by_length", report_to="none", disable_tqdm=not cfg.progress,
+            train_sampling_strategy="group_by_length" if cfg.group_by_length else "random", report_to="none", disable_tqdm=not cfg.progress,
             use_cpu=device == "cpu", bf16=device == "cuda", dataloader_num_workers=0,
             remove_unused_columns=trained is model,
         )
