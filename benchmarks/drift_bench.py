@@ -104,22 +104,27 @@ def detection(data, maker: StreamMaker, scenario: str, runs: int, window: int, p
 
 
 def estimation(data, maker: StreamMaker, runs: int, n: int, window: int) -> dict:
-    """Mean absolute error (points) of CBPE against the true accuracy of the same ``window`` requests."""
-    out = {}
+    """Mean absolute error (points) of each label-free estimator (ATC, CBPE; ``monitoring.performance``)
+    against the true accuracy of the same ``window`` requests, per scenario."""
+    from monitoring.performance import estimate_accuracy
+
+    out: dict = {}
     for scenario in SCENARIOS:
-        errors, est, true = [], [], []
+        est: dict[str, list] = {"atc": [], "cbpe": []}
+        true = []
         for run in range(runs):
             rng = np.random.default_rng(3000 + run)
             rows = data.rows.iloc[maker.queries(scenario, n, rng)]
-            p = data.calibration(rows["confidence"].to_numpy())
-            ok = (rows["label"] == rows["true_label"]).to_numpy()
+            conf, ok = rows["confidence"].to_numpy(), (rows["label"] == rows["true_label"]).to_numpy()
             for s in range(0, n - window + 1, window):
-                est.append(p[s:s + window].mean())
+                for method in est:
+                    est[method].append(estimate_accuracy(data.calibration, conf[s:s + window], method)[0])
                 true.append(ok[s:s + window].mean())
-        errors = np.abs(np.array(est) - np.array(true)) * 100
-        out[scenario] = {"windows": len(errors), "mae_points": float(errors.mean()),
-                         "mean_estimated": float(np.mean(est)), "mean_true": float(np.mean(true)),
-                         "bias_points": float((np.mean(est) - np.mean(true)) * 100)}
+        out[scenario] = {"windows": len(true), "mean_true": float(np.mean(true))}
+        for method, values in est.items():
+            err = (np.array(values) - np.array(true)) * 100
+            out[scenario][method] = {"mae_points": float(np.abs(err).mean()), "bias_points": float(err.mean()),
+                                     "mean_estimated": float(np.mean(values))}
     return {"window": window, "by_scenario": out}
 
 
@@ -176,9 +181,10 @@ def print_table(res: dict) -> None:
         if not est:
             continue
         for scenario, r in est["by_scenario"].items():
-            lines.append(f"| CBPE estimation error, {scenario}, {est['window']}-request windows | <= 3 points | "
-                         f"MAE {r['mae_points']:.2f} points (bias {r['bias_points']:+.2f}; est "
-                         f"{r['mean_estimated']:.3f} vs true {r['mean_true']:.3f}, {r['windows']} windows) |")
+            cells = "; ".join(f"{m.upper()} MAE {r[m]['mae_points']:.2f} (bias {r[m]['bias_points']:+.2f})"
+                              for m in ("atc", "cbpe"))
+            lines.append(f"| estimation error, {scenario}, {est['window']}-request windows, points | <= 3 | {cells}; "
+                         f"true accuracy {r['mean_true']:.3f}, {r['windows']} windows |")
     if cost:
         detail = ", ".join(f"{c['window']}{' (cold)' if c['cold'] else ''} {c['seconds']} s at load "
                            f"{c['load_avg_1m']:.2f}" for c in cost["cycles"])

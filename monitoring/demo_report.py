@@ -37,6 +37,34 @@ def _initial_metrics(initial, pools: DemoPools, test_df: pd.DataFrame) -> dict:
             "train_seconds": round(initial.seconds, 1), "epochs_run": initial.epochs_run}
 
 
+def estimation_error(decisions: pd.DataFrame, traffic: pd.DataFrame, out: pd.DataFrame) -> dict:
+    """CBPE's error: each judged window's estimated accuracy (from calibrated confidences, no labels)
+    against the true live accuracy of the same requests (the replay knows every true label).
+
+    Returns:
+        ``{"windows", "mae_points", "by_phase": {phase: {"windows", "mae_points"}}, "per_window": [...]}``;
+        ``mae_points`` None when no window carried an estimate.
+    """
+    truth = dict(zip(out["request_id"], out["predicted"] == out["label"]))
+    rows = []
+    for d in decisions.itertuples():
+        est = (d.signals or {}).get("estimated_accuracy")
+        span = traffic[(traffic["seq"] >= d.window_start_seq) & (traffic["seq"] <= d.window_end_seq)]
+        ok = [truth[r] for r in span["request_id"] if r in truth]
+        if est is None or not ok:
+            continue
+        rows.append({"end_index": None if pd.isna(d.end_index) else int(d.end_index), "phase": d.end_phase,
+                     "estimated_accuracy": float(est), "true_accuracy": float(sum(ok) / len(ok)), "rows": len(ok)})
+    per = pd.DataFrame(rows)
+    if per.empty:
+        return {"windows": 0, "mae_points": None, "by_phase": {}, "per_window": []}
+    per["error_points"] = (per["estimated_accuracy"] - per["true_accuracy"]).abs() * 100
+    by_phase = {str(k): {"windows": int(len(g)), "mae_points": round(float(g["error_points"].mean()), 2)}
+                for k, g in per.groupby("phase")}
+    return {"windows": int(len(per)), "mae_points": round(float(per["error_points"].mean()), 2),
+            "by_phase": by_phase, "per_window": per.round(4).to_dict(orient="records")}
+
+
 def build_report(cfg, run_home: Home, pools: DemoPools, initial, test_df: pd.DataFrame, outcomes: list,
                  started: float) -> dict:
     """The demo report (see the module docstring and README for every key)."""
@@ -102,6 +130,8 @@ def build_report(cfg, run_home: Home, pools: DemoPools, initial, test_df: pd.Dat
         "detection_delay_requests": (detected - onset) if detected is not None and onset is not None else None,
         "retrain": retrain,
         "swap": swap,
+        "estimation_error": (estimation_error(decisions, traffic, out) if len(decisions)
+                             else {"windows": 0, "mae_points": None, "by_phase": {}, "per_window": []}),
         "decisions": [{"end_index": None if pd.isna(r.end_index) else int(r.end_index), "phase": r.end_phase,
                        "decision": r.decision, "degraded": bool(r.degraded), "reason": r.reason}
                       for r in decisions.itertuples()] if len(decisions) else [],

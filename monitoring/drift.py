@@ -1,167 +1,49 @@
 """Drift signals of one traffic window against the champion's reference sample, in ONE Evidently report.
 
-Four signals, each with a p-value so that the policy can correct for testing them together:
+Six signals, each a section of the report and each with a p-value, so that the policy can correct
+for testing them together (statistics in :mod:`monitoring.drift_stats`):
 
-* ``text_drift``: Evidently's text drift (``ValueDrift`` on a text column), a TF-IDF + SGD domain
-  classifier separating reference rows from window rows; value = its held-out ROC AUC. p-value: the
-  normal approximation of the AUC's Mann-Whitney null, which Evidently's percentile method estimates
-  by 1000 random-classifier AUCs (verdicts differed on 3 of 480 calibration windows, all at p =
-  0.013 vs 0.0125). We hand Evidently that cutoff (``abs_text_content_drift``) and skip the
-  bootstrap, which is 95 % of the report's cost (1.9 s -> 0.12 s).
-* ``label_drift``: predicted-label distribution. Evidently's default for <= 1000 reference rows
-  (chi-square goodness of fit against the reference counts) fires on 36-55 % of same-distribution
-  100-200 row windows over 77 intents (~2 expected per cell, reference noise ignored; its JS >= 0.1
-  default above 1000 rows on 100 %). We register a permutation test of the 2 x K chi-square
-  homogeneity statistic (null drawn exactly from the multivariate hypergeometric law of the window's
-  counts given the pooled counts): valid at any sparsity, no merging of rare intents.
-* ``confidence_drift``: two-sample Kolmogorov-Smirnov p-value of the top-1 confidence (Evidently
-  ``ks``); tests on classifier outputs detect shift best (Rabanser et al. 2019, "Failing Loudly").
-* ``accuracy_drop``: reference accuracy minus feedback accuracy in the window; one-sided Fisher exact
-  test on the correct/wrong counts of both (so the reference's own noise counts). scikit-learn/scipy,
-  because Evidently's classification metrics cannot take a row subset inside the same report; the
-  numbers go into the snapshot's metadata.
+* ``text_drift``: Evidently's text drift (``ValueDrift`` on the text column): a TF-IDF + SGD domain
+  classifier separating reference rows from window rows; value = its held-out ROC AUC, p-value from
+  the AUC's Mann-Whitney null (what Evidently's bootstrap percentile estimates, 95 % of its cost).
+* ``descriptor_drift``: Evidently text descriptors -- ``TextLength``, ``NonLetterCharacterPercentage``
+  and the share of words out of the tokenizer's vocabulary (``CustomColumnDescriptor``; Evidently's own
+  OOV descriptor needs an NLTK download) -- each K-S tested; value = min p-value x 3 (Bonferroni).
+* ``embedding_drift``: ``EmbeddingsDrift`` on the champion's own sentence embeddings (method chosen by
+  measurement, ``DriftConfig.embedding_method``); p-value by permutation (or the AUC null for ``model``).
+* ``label_drift``: predicted-label distribution, a permutation chi-square registered as an Evidently
+  stattest (Evidently's default chi-square fires on 36-55 % of same-distribution 100-200 row windows
+  over 77 intents); the Jensen-Shannon distance goes into ``details``.
+* ``confidence_drift``: two-sample K-S on the top-1 confidence (Rabanser et al. 2019, "Failing Loudly":
+  tests on the softmax outputs detected shift best).
+* ``accuracy_drop``: reference accuracy minus feedback accuracy; one-sided Fisher exact test.
+
+Plus numbers that are not tests: the feedback accuracy (``MeanValue`` of a 0/1 ``correct`` column) and
+the label-free accuracy estimates, CBPE (``MeanValue`` of the calibrated confidence) and ATC
+(``MeanValue`` of the 0/1 "confidence above the ATC threshold"), see :mod:`monitoring.performance`.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+
+from monitoring.drift_report import build_snapshot, evidently_values, save_report  # noqa: F401 (re-exported)
+from monitoring.drift_stats import (auc_p_value, auc_threshold, embedding_test, js_distance,
+                                    label_permutation_test)  # noqa: F401  (label_permutation_test re-exported)
+from monitoring.performance import Calibration, estimate_accuracy, feedback_performance
+from monitoring.signals import (ACCURACY, ALL_SIGNALS, CONFIDENCE, DESCRIPTOR_NAMES, DESCRIPTORS,  # noqa: F401
+                                EMBEDDING, LABEL, MIN_ROWS, TEXT, DriftConfig, SignalResult, WindowReport)
 
 if TYPE_CHECKING:  # pandas is imported inside the functions: importing this module (or policy) stays cheap
     import pandas as pd
 
-TEXT, LABEL, CONFIDENCE, ACCURACY = "text_drift", "label_drift", "confidence_drift", "accuracy_drop"
-ALL_SIGNALS = (TEXT, LABEL, CONFIDENCE, ACCURACY)
-MIN_ROWS = 10  # below this the domain classifier's held-out half may hold no window row at all
 REQUIRED_COLUMNS = ("text", "label", "confidence")
-
-
-class DriftConfig(BaseModel):
-    """How the signals are computed (the decision thresholds live in ``policy.DriftPolicy``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    alpha: float = Field(0.0125, gt=0, lt=1, description="Per-signal significance level, already corrected: "
-                         "0.05 / 4 signals (Bonferroni). Use DriftPolicy.drift_config() to keep both in step.")
-    max_reference_rows: int = Field(1000, ge=MIN_ROWS, description="Reference cap (seeded subsample) for the "
-                                    "drift tests: bounds cost and power. Reference accuracy uses all labelled rows.")
-    max_current_rows: int = Field(1000, ge=MIN_ROWS, description="Window cap for the drift tests, so large windows "
-                                  "do not make every tiny difference significant. Accuracy uses all labelled rows.")
-    text_method: Literal["abs_text_content_drift", "perc_text_content_drift"] = Field(
-        "abs_text_content_drift", description="Evidently text drift method: AUC vs a cutoff, or AUC vs a bootstrap "
-        "percentile of 1000 random-classifier AUCs (same test, but the bootstrap is ~95 % of the cost: 1.5 s).")
-    text_auc_threshold: float | None = Field(None, gt=0.5, lt=1, description="AUC cutoff for abs_text_content_drift. "
-        "None: the (1 - alpha) quantile of the AUC's Mann-Whitney null for the actual sample sizes (e.g. 0.587 for "
-        "1000 vs 150 rows at alpha 0.0125). Evidently's fixed 0.55 false-alarms on 100-200 row windows.")
-    label_permutations: int = Field(2000, ge=100, description="Null draws of the label test (p resolution 1/(n+1)).")
-    min_labels: int = Field(30, ge=1, description="Labelled rows needed before accuracy_drop may fire.")
-    max_accuracy_drop: float = Field(0.10, ge=0, le=1, description="Absolute accuracy drop that matters.")
-    seed: int = Field(0, description="Seed of the reference/window subsamples (the permutation null uses seed 0).")
-
-
-class SignalResult(BaseModel):
-    """One signal of one window. ``fired`` applies the DriftConfig's level; the policy re-judges ``p_value``."""
-
-    name: str
-    method: str
-    value: float | None = Field(description="Score: ROC AUC (text), p-value (label, confidence), drop (accuracy).")
-    threshold: float = Field(description="Cutoff on ``value`` at the config's alpha.")
-    fired: bool
-    p_value: float | None = None
-    evidently_fired: bool | None = Field(None, description="Evidently's own test verdict, where it ran one.")
-
-
-class WindowReport(BaseModel):
-    """Signals of one window, plus the Evidently snapshot (not serialised) for saving."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    signals: list[SignalResult]
-    n_current: int
-    n_reference: int
-    n_labels: int
-    accuracy: float | None
-    macro_f1: float | None
-    reference_accuracy: float | None
-    computed_at: float = Field(description="Unix seconds when the signals were computed.")
-    seconds: float = Field(description="Wall time of compute_signals.")
-    snapshot: Any = Field(None, exclude=True, repr=False)
-
-    def signal(self, name: str) -> SignalResult:
-        """The signal called ``name``. Raises KeyError if absent."""
-        for s in self.signals:
-            if s.name == name:
-                return s
-        raise KeyError(name)
-
-
-def label_permutation_test(reference: pd.Series, current: pd.Series, n_permutations: int = 2000,
-                           seed: int = 0) -> tuple[float, float]:
-    """Two-sample test of equal category distributions, valid for sparse counts.
-
-    Args:
-        reference, current: category values (any hashable), shapes (n_ref,), (n_cur,).
-        n_permutations: null draws; the window's counts given the pooled counts follow a multivariate
-            hypergeometric law under H0, so draws are exact permutations without shuffling rows.
-        seed: seed of the null draws (same data -> same p-value).
-
-    Returns:
-        (chi-square statistic of the 2 x K table, permutation p-value = (1 + #null >= obs) / (1 + n)).
-    """
-    import pandas as pd
-
-    codes, uniques = pd.factorize(pd.concat([reference, current], ignore_index=True).astype(str))
-    n_ref, n_cur = len(reference), len(current)
-    total = np.bincount(codes, minlength=len(uniques))
-    expected = n_cur * total / (n_ref + n_cur)
-    scale = (n_ref + n_cur) ** 2 / (n_ref * n_cur)  # sum_k (c_k - e_k)^2 / t_k * scale == 2xK Pearson X^2
-
-    def stat(counts: np.ndarray) -> np.ndarray:
-        return scale * (((counts - expected) ** 2) / total).sum(axis=-1)
-
-    observed = float(stat(np.bincount(codes[n_ref:], minlength=len(uniques))))
-    null = stat(np.random.default_rng(seed).multivariate_hypergeometric(total, n_cur, size=n_permutations))
-    p_value = (1 + int((null >= observed - 1e-9).sum())) / (n_permutations + 1)
-    return observed, p_value
-
-
-def _label_stattest_name(n_permutations: int) -> str:
-    """Register (once per process) the permutation label test in Evidently's stattest registry."""
-    from evidently.legacy.calculations.stattests.registry import (StatTest, StatTestNotFoundError,
-                                                                  get_registered_stattest, register_stattest)
-    from evidently.legacy.core import ColumnType
-
-    name = f"perm_chisquare_{n_permutations}"
-    try:
-        get_registered_stattest(name, ColumnType.Categorical)
-    except StatTestNotFoundError:
-        def impl(ref: pd.Series, cur: pd.Series, _type: Any, threshold: float) -> tuple[float, bool]:
-            p = label_permutation_test(ref, cur, n_permutations)[1]
-            return p, p < threshold
-
-        register_stattest(StatTest(name=name, display_name=f"permutation chi-square p_value ({n_permutations})",
-                                   allowed_feature_types=[ColumnType.Categorical]), impl)
-    return name
-
-
-def _auc_null_sd(n_ref: int, n_cur: int) -> float:
-    """Standard deviation of a held-out ROC AUC under H0: the Mann-Whitney U null variance / (n0 n1)^2.
-
-    Replays Evidently's 50/50 ``train_test_split(random_state=42)`` to get the held-out class sizes.
-    """
-    from sklearn.model_selection import train_test_split
-
-    y_test = train_test_split(np.r_[np.zeros(n_ref), np.ones(n_cur)], test_size=0.5, random_state=42)[1]
-    n1 = int(y_test.sum())
-    n0 = len(y_test) - n1
-    return math.sqrt((n0 + n1 + 1) / (12 * max(n0, 1) * max(n1, 1)))
 
 
 def load_reference(path: Path) -> "pd.DataFrame":
@@ -175,28 +57,66 @@ def load_reference(path: Path) -> "pd.DataFrame":
     return pd.read_json(Path(path), lines=True, dtype=False)
 
 
-def _prepare(frame: pd.DataFrame, what: str, cap: int, seed: int) -> pd.DataFrame:
+def _prepare(frame: pd.DataFrame, what: str, cap: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """Check columns and size, cap to ``cap`` rows (seeded); returns the frame and the kept positions."""
+    import pandas as pd
+
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"{what} lacks columns {missing}; it needs {list(REQUIRED_COLUMNS)} (+ optional true_label)")
     if len(frame) < MIN_ROWS:
         raise ValueError(f"{what} has {len(frame)} rows; need >= {MIN_ROWS} (check DriftPolicy.min_window first)")
+    pos = np.arange(len(frame))
     if len(frame) > cap:
-        frame = frame.sample(n=cap, random_state=seed)
-    import pandas as pd
-
-    return pd.DataFrame({"text": frame["text"].fillna("").astype(str).to_numpy(),
-                         "label": frame["label"].astype(str).to_numpy(),
-                         "confidence": frame["confidence"].astype(float).to_numpy()})
+        pos = np.sort(np.random.default_rng(seed).choice(len(frame), cap, replace=False))
+    kept = frame.iloc[pos]
+    return pd.DataFrame({"text": kept["text"].fillna("").astype(str).to_numpy(),
+                         "label": kept["label"].astype(str).to_numpy(),
+                         "confidence": kept["confidence"].astype(float).to_numpy()}), pos
 
 
 def _labelled(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["true_label"].notna()] if "true_label" in frame.columns else frame.iloc[:0]
 
 
+def _correct(frame: pd.DataFrame) -> np.ndarray:
+    """1.0 / 0.0 where a true label is known, NaN elsewhere."""
+    if "true_label" not in frame.columns:
+        return np.full(len(frame), np.nan)
+    truth = frame["true_label"]
+    return np.where(truth.notna(), (truth.astype(str) == frame["label"].astype(str)).astype(float), np.nan)
+
+
+def _accuracy_signal(current: pd.DataFrame, reference: pd.DataFrame, cfg: DriftConfig):
+    """(accuracy_drop SignalResult, reference accuracy, feedback performance)."""
+    from scipy.stats import fisher_exact
+
+    perf = feedback_performance(current, reference, cfg.top_intents)
+    ref_lab = _labelled(reference)
+    ref_acc = p = drop = None
+    if len(ref_lab):
+        ref_ok = int((ref_lab["true_label"].astype(str) == ref_lab["label"].astype(str)).sum())
+        ref_acc = ref_ok / len(ref_lab)
+        if perf.n_labels:  # one-sided Fisher exact on correct/wrong counts: window accuracy < reference accuracy
+            ok = round(perf.accuracy * perf.n_labels)
+            table = [[ok, perf.n_labels - ok], [ref_ok, len(ref_lab) - ref_ok]]
+            p = float(fisher_exact(table, alternative="less").pvalue)
+            drop = ref_acc - perf.accuracy
+    fired = bool(drop is not None and perf.n_labels >= cfg.min_labels and drop >= cfg.max_accuracy_drop
+                 and p < cfg.alpha)
+    details = {"n_labels": perf.n_labels, "accuracy": perf.accuracy, "reference_accuracy": ref_acc,
+               "accuracy_ci": perf.accuracy_ci, "min_labels": cfg.min_labels}
+    sig = SignalResult(name=ACCURACY, method="reference accuracy - feedback accuracy (Fisher exact)", value=drop,
+                       threshold=cfg.max_accuracy_drop, fired=fired, p_value=p, details=details)
+    return sig, ref_acc, perf
+
+
 def compute_signals(reference: pd.DataFrame, current: pd.DataFrame, config: DriftConfig | None = None,
-                    metadata: dict[str, str] | None = None) -> WindowReport:
-    """Build one Evidently report of ``current`` vs ``reference`` and read the four signals from it.
+                    metadata: dict[str, str] | None = None, *, reference_embeddings: np.ndarray | None = None,
+                    current_embeddings: np.ndarray | Callable[[list[str]], np.ndarray] | None = None,
+                    calibration: Calibration | None = None,
+                    vocab: set[str] | None = None, with_report: bool = True) -> WindowReport:
+    """Build one Evidently report of ``current`` vs ``reference`` and read the six signals from it.
 
     Args:
         reference: the champion's reference sample, columns ``text, label, confidence[, true_label]``
@@ -205,96 +125,96 @@ def compute_signals(reference: pd.DataFrame, current: pd.DataFrame, config: Drif
             where no feedback came. Drift tests use at most ``config.max_current_rows`` rows.
         config: computation settings; defaults to ``DriftConfig()``.
         metadata: extra str -> str metadata stored on the snapshot (e.g. model tag, window seqs).
+        reference_embeddings: the champion's embeddings of the rows of ``reference``, shape (n_ref, d).
+        current_embeddings: the same for ``current``, shape (n_cur, d), or a function that embeds a list
+            of texts (called only on the rows the tests use, so at most ``max_current_rows``). Without
+            both, ``embedding_drift`` is reported as not computed (p-value None).
+        calibration: the champion's confidence calibration; without it no estimated accuracy.
+        vocab: the tokenizer's vocabulary for the OOV descriptor; default: the shipped MiniLM's.
+        with_report: False skips Evidently's Report (no snapshot) and computes the same numbers with
+            Evidently's stattest functions directly (benchmarks judging thousands of windows).
 
     Returns:
         WindowReport with the signals in ``ALL_SIGNALS`` order and the snapshot.
 
     Raises:
-        ValueError: a frame lacks a column or has fewer than ``MIN_ROWS`` rows.
+        ValueError: a frame lacks a column, has fewer than ``MIN_ROWS`` rows, or embeddings do not
+            match their frame's length.
     """
-    from evidently import DataDefinition, Dataset, Report
-    from evidently.metrics import ValueDrift
-    from scipy.stats import fisher_exact, norm
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.metrics import accuracy_score, f1_score
 
     cfg = config or DriftConfig()
     started = time.time()
-    ref = _prepare(reference, "reference", cfg.max_reference_rows, cfg.seed)
-    cur = _prepare(current, "current window", cfg.max_current_rows, cfg.seed)
-    sd = _auc_null_sd(len(ref), len(cur))
-    auc_cut = 0.5 + float(norm.isf(cfg.alpha)) * sd  # H0 quantile; what the percentile method estimates
+    ref, ref_pos = _prepare(reference, "reference", cfg.max_reference_rows, cfg.seed)
+    cur, cur_pos = _prepare(current, "current window", cfg.max_current_rows, cfg.seed)
+    have_emb = reference_embeddings is not None and current_embeddings is not None
+    cur_emb = None
+    if have_emb:
+        cur_emb = (np.asarray(current_embeddings(cur["text"].tolist())) if callable(current_embeddings)
+                   else np.asarray(current_embeddings)[cur_pos] if len(current_embeddings) == len(current) else None)
+        if len(reference_embeddings) != len(reference) or cur_emb is None or len(cur_emb) != len(cur):
+            raise ValueError(f"embeddings do not match their rows: reference {len(reference_embeddings)} vs "
+                             f"{len(reference)}, current {len(current_embeddings)} vs {len(current)}")
+    ref["correct"], cur["correct"] = _correct(reference.iloc[ref_pos]), _correct(current.iloc[cur_pos])
+    if calibration is not None:
+        for frame in (ref, cur):
+            frame["calibrated_confidence"] = calibration(frame["confidence"].to_numpy())  # CBPE
+            frame["above_atc_threshold"] = calibration.above_threshold(frame["confidence"].to_numpy())  # ATC
+    emb = None
+    if have_emb:
+        emb = (np.asarray(reference_embeddings)[ref_pos], cur_emb)
+        emb_stat, emb_p, emb_cut = embedding_test(*emb, method=cfg.embedding_method, alpha=cfg.alpha,
+                                                  n_permutations=cfg.embedding_permutations)
+    text_cut = auc_threshold(cfg.alpha, len(ref), len(cur))
     if cfg.text_method == "abs_text_content_drift" and cfg.text_auc_threshold is not None:
-        auc_cut = cfg.text_auc_threshold
-    text_threshold = 1 - cfg.alpha if cfg.text_method == "perc_text_content_drift" else auc_cut
-    label_method = _label_stattest_name(cfg.label_permutations)
-    drifts = [ValueDrift(column="text", method=cfg.text_method, threshold=text_threshold),
-              ValueDrift(column="label", method=label_method, threshold=cfg.alpha),
-              ValueDrift(column="confidence", method="ks", threshold=cfg.alpha)]
-
-    lab, ref_lab = _labelled(current), _labelled(reference)  # all labelled rows, not the capped sample
-    n_labels = len(lab)
-    accuracy = macro_f1 = ref_accuracy = acc_p = None
-    if n_labels:
-        y_true, y_pred = lab["true_label"].astype(str), lab["label"].astype(str)
-        accuracy = float(accuracy_score(y_true, y_pred))
-        macro_f1 = float(f1_score(y_true, y_pred, average="macro", zero_division=0))
-    if len(ref_lab):
-        ref_ok = int((ref_lab["true_label"].astype(str) == ref_lab["label"].astype(str)).sum())
-        ref_accuracy = ref_ok / len(ref_lab)
-        if n_labels:  # one-sided Fisher exact on correct/wrong counts: window accuracy < reference accuracy
-            ok = int((y_true == y_pred).sum())
-            table = [[ok, n_labels - ok], [ref_ok, len(ref_lab) - ref_ok]]
-            acc_p = float(fisher_exact(table, alternative="less").pvalue)
-
-    meta = {"n_current": str(len(current)), "n_labels": str(n_labels), "accuracy": f"{accuracy}",
-            "macro_f1": f"{macro_f1}", "reference_accuracy": f"{ref_accuracy}", **(metadata or {})}
-    dd = DataDefinition(text_columns=["text"], categorical_columns=["label"], numerical_columns=["confidence"])
+        text_cut = cfg.text_auc_threshold
+    acc_sig, ref_acc, perf = _accuracy_signal(current, reference, cfg)
+    est = est_sd = ref_est = None
+    estimates: dict[str, float] = {}
+    if calibration is not None:
+        conf, ref_conf = (f["confidence"].astype(float).to_numpy() for f in (current, reference))
+        estimates = {m: estimate_accuracy(calibration, conf, m)[0] for m in ("atc", "cbpe")}
+        est, est_sd = estimate_accuracy(calibration, conf, cfg.estimator)
+        ref_est = estimate_accuracy(calibration, ref_conf, cfg.estimator)[0]
+    meta = {"n_current": str(len(current)), "n_labels": str(perf.n_labels), "accuracy": f"{perf.accuracy}",
+            "accuracy_ci": f"{perf.accuracy_ci}", "macro_f1": f"{perf.macro_f1}", "reference_accuracy": f"{ref_acc}",
+            "estimated_accuracy": f"{est}", **(metadata or {})}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # Evidently's SGD has max_iter=50
-        snapshot = Report(drifts, include_tests=True, metadata=meta, tags=["tuneloop"]).run(
-            Dataset.from_pandas(cur, data_definition=dd), Dataset.from_pandas(ref, data_definition=dd))
+        if with_report:
+            snapshot, out = build_snapshot(ref, cur, cfg, text_cut, (*emb, emb_cut) if have_emb else None, vocab, meta)
+        else:
+            snapshot, out = None, evidently_values(ref, cur, cfg, text_cut, vocab)
 
-    result = snapshot.dict()
-    values = {m["config"]["column"]: float(m["value"]) for m in result["metrics"]}
-    verdicts = {t["metric_config"]["params"]["column"]: str(t["status"]).endswith("FAIL") for t in result["tests"]}
-    auc = values["text"]
-    text_p = float(norm.sf((auc - 0.5) / sd))
-    drop = None if accuracy is None or ref_accuracy is None else ref_accuracy - accuracy
-    acc_fired = bool(drop is not None and n_labels >= cfg.min_labels and drop >= cfg.max_accuracy_drop
-                     and acc_p < cfg.alpha)
+    auc = out["text"]
+    desc_p = {d: out[d] for d in DESCRIPTOR_NAMES}
+    desc_min = min(1.0, len(DESCRIPTOR_NAMES) * min(desc_p.values()))
+    desc_details = {d: {"p_value": desc_p[d], "reference_mean": out["means"][d][0], "current_mean": out["means"][d][1]}
+                    for d in DESCRIPTOR_NAMES}
     signals = [
-        SignalResult(name=TEXT, method=f"domain classifier ROC AUC ({cfg.text_method})", value=auc, threshold=auc_cut,
-                     fired=auc > auc_cut, p_value=text_p, evidently_fired=verdicts.get("text")),
-        SignalResult(name=LABEL, method="permutation chi-square p-value", value=values["label"], threshold=cfg.alpha,
-                     fired=values["label"] < cfg.alpha, p_value=values["label"], evidently_fired=verdicts.get("label")),
-        SignalResult(name=CONFIDENCE, method="K-S p-value", value=values["confidence"], threshold=cfg.alpha,
-                     fired=values["confidence"] < cfg.alpha, p_value=values["confidence"],
-                     evidently_fired=verdicts.get("confidence")),
-        SignalResult(name=ACCURACY, method="reference accuracy - feedback accuracy", value=drop,
-                     threshold=cfg.max_accuracy_drop, fired=acc_fired, p_value=acc_p),
+        SignalResult(name=TEXT, method=f"domain classifier ROC AUC ({cfg.text_method})", value=auc, threshold=text_cut,
+                     fired=auc > text_cut, p_value=auc_p_value(auc, len(ref), len(cur)),
+                     evidently_fired=out["verdicts"].get("text")),
+        SignalResult(name=DESCRIPTORS, method="K-S on length, OOV share, non-letter share (min p x 3)", value=desc_min,
+                     threshold=cfg.alpha, fired=desc_min < cfg.alpha, p_value=desc_min, details=desc_details),
+        SignalResult(name=EMBEDDING, method=f"embeddings {cfg.embedding_method}" + (" (not computed: no embeddings)"
+                                                                                    if not have_emb else ""),
+                     value=emb_stat if have_emb else None, threshold=emb_cut if have_emb else float("nan"),
+                     fired=bool(have_emb and emb_p < cfg.alpha), p_value=emb_p if have_emb else None,
+                     details={"evidently_score": out["embedding"]} if "embedding" in out else {}),
+        SignalResult(name=LABEL, method="permutation chi-square p-value", value=out["label"], threshold=cfg.alpha,
+                     fired=out["label"] < cfg.alpha, p_value=out["label"], evidently_fired=out["verdicts"].get("label"),
+                     details={"js_distance": js_distance(ref["label"], cur["label"])}),
+        SignalResult(name=CONFIDENCE, method="K-S p-value", value=out["confidence"], threshold=cfg.alpha,
+                     fired=out["confidence"] < cfg.alpha, p_value=out["confidence"],
+                     evidently_fired=out["verdicts"].get("confidence"),
+                     details={"reference_mean": float(ref["confidence"].mean()),
+                              "current_mean": float(cur["confidence"].mean())}),
+        acc_sig,
     ]
-    return WindowReport(signals=signals, n_current=len(current), n_reference=len(ref), n_labels=n_labels,
-                        accuracy=accuracy, macro_f1=macro_f1, reference_accuracy=ref_accuracy,
-                        computed_at=started, seconds=time.time() - started, snapshot=snapshot)
-
-
-def save_report(report: WindowReport, out_dir: Path, stem: str) -> tuple[Path, Path]:
-    """Write ``<out_dir>/<stem>.html`` (Evidently's self-contained HTML) and ``<stem>.json``.
-
-    The JSON is ``{"signals": <report fields but the snapshot>, "evidently": <snapshot dict>}``.
-
-    Raises:
-        ValueError: the report carries no snapshot (e.g. it was rebuilt from JSON).
-    """
-    if report.snapshot is None:
-        raise ValueError("report has no Evidently snapshot to save; save the WindowReport compute_signals returned")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    html_path, json_path = out_dir / f"{stem}.html", out_dir / f"{stem}.json"
-    report.snapshot.save_html(str(html_path))
-    payload = {"signals": report.model_dump(mode="json"), "evidently": json.loads(report.snapshot.json())}
-    tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    tmp.replace(json_path)
-    return html_path, json_path
+    return WindowReport(signals=signals, n_current=len(current), n_reference=len(ref), n_labels=perf.n_labels,
+                        accuracy=perf.accuracy, macro_f1=perf.macro_f1, reference_accuracy=ref_acc,
+                        accuracy_ci=perf.accuracy_ci, estimated_accuracy=est, estimated_accuracy_sd=est_sd,
+                        reference_estimated_accuracy=ref_est, estimates=estimates, intents=perf.intents,
+                        computed_at=started, seconds=time.time() - started, snapshot=snapshot, current_positions=cur_pos,
+                        current_embeddings=cur_emb, reference_embeddings=emb[0] if emb else None)

@@ -3,8 +3,8 @@
 Layout (Evidently's own): ``<workspace_dir>/<project-uuid>/{metadata.json, dashboard.json,
 snapshots/<snapshot-uuid>.json}``. Browse it with
 ``evidently ui --workspace <home>/evidently --host 127.0.0.1`` (api-notes §2.6; the default host is
-127.0.0.1, keep it). The first call for a project name creates the project and a "Drift" dashboard
-tab with one line panel per drift score.
+127.0.0.1, keep it). The first call for a project name creates the project and its dashboard: a "Drift"
+tab with one line panel per drift score and a "Performance" tab (estimated and feedback accuracy).
 """
 
 from __future__ import annotations
@@ -13,24 +13,34 @@ from pathlib import Path
 
 from monitoring.drift import WindowReport
 
-# (panel title, ValueDrift column) — the column names compute_signals gives Evidently
-DRIFT_PANELS = (
-    ("Text drift: domain classifier ROC AUC", "text"),
-    ("Predicted-label drift: permutation p-value", "label"),
-    ("Confidence drift: K-S p-value", "confidence"),
+# (tab, panel title, Evidently metric, its labels) -- the metrics build_snapshot puts in every report
+PANELS = (
+    ("Drift", "Text drift: domain classifier ROC AUC", "ValueDrift", {"column": "text"}),
+    ("Drift", "Text length: K-S p-value", "ValueDrift", {"column": "text_length"}),
+    ("Drift", "Out-of-vocabulary share: K-S p-value", "ValueDrift", {"column": "oov_share"}),
+    ("Drift", "Non-letter share: K-S p-value", "ValueDrift", {"column": "non_letter_share"}),
+    ("Drift", "Embedding drift (champion embeddings)", "EmbeddingsDrift", {"embeddings_name": "champion"}),
+    ("Drift", "Predicted-label drift: permutation p-value", "ValueDrift", {"column": "label"}),
+    ("Drift", "Confidence drift: K-S p-value", "ValueDrift", {"column": "confidence"}),
+    ("Performance", "Estimated accuracy: CBPE (mean calibrated confidence)", "MeanValue",
+     {"column": "calibrated_confidence"}),
+    ("Performance", "Estimated accuracy: ATC (share above the threshold)", "MeanValue",
+     {"column": "above_atc_threshold"}),
+    ("Performance", "Accuracy on feedback labels", "MeanValue", {"column": "correct"}),
 )
+DRIFT_PANELS = tuple((title, labels["column"]) for tab, title, metric, labels in PANELS if metric == "ValueDrift")
 
 
 def _add_dashboard(ws, project) -> None:
-    """One "Drift" tab, one line panel per drift score."""
+    """Two tabs ("Drift", "Performance"), one line panel per signal."""
     from evidently.sdk.models import PanelMetric
     from evidently.sdk.panels import line_plot_panel
 
-    for title, column in DRIFT_PANELS:
+    for tab, title, metric, labels in PANELS:
+        legend = next(iter(labels.values()))
         project.dashboard.add_panel(
-            line_plot_panel(title=title, values=[PanelMetric(legend=column, metric="ValueDrift",
-                                                             metric_labels={"column": column})]),
-            tab="Drift",
+            line_plot_panel(title=title, values=[PanelMetric(legend=legend, metric=metric, metric_labels=labels)]),
+            tab=tab,
         )
     # Evidently 0.7.23 bug: add_panel() on an existing tab appends the panel id to it twice (the UI
     # would draw every panel after the first twice). Deduplicate and save once more.

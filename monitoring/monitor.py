@@ -131,7 +131,6 @@ class Monitor:
             ref_emb = embed_texts(clf, reference["text"].astype(str).tolist()) if clf is not None else None
             vocab = set(clf.tokenizer.get_vocab()) if clf is not None else None
             self._champion = (tag, ChampionView(clf, ref_emb, load_calibration(model_dir, reference), vocab))
-            self.metrics.set_champion(tag)
         return self._champion[1]
 
     def cycle(self) -> CycleResult:
@@ -139,7 +138,7 @@ class Monitor:
         started = time.time()
         self.metrics.last_check.set(started)
         champion = require_champion(self.home)
-        view = self.champion_view(champion.tag)
+        self.metrics.set_champion(champion.tag)
         cursor = int(self.audit.get_state("cursor", 0))
         end = self.traffic.max_seq()
         pending = end - cursor
@@ -147,6 +146,7 @@ class Monitor:
             return CycleResult("skip_small_window", f"{pending} new rows < min_window {self.cfg.policy.min_window}",
                                cursor, end)
         window = self.traffic.read_window(max(cursor, end - self.cfg.max_window), end)
+        view = self.champion_view(champion.tag)
         embed = (lambda texts: embed_texts(view.classifier, texts)) if view.classifier is not None else None
         report = compute_signals(self.reference(champion.tag), window, self.drift_config,
                                  metadata={"champion": champion.tag, "window": f"{cursor + 1}-{end}"},
@@ -177,7 +177,7 @@ class Monitor:
                           signals={"signals": [s.model_dump() for s in report.signals],
                                    **report.model_dump(include={"n_labels", "accuracy", "accuracy_ci", "macro_f1",
                                                                 "reference_accuracy", "estimated_accuracy",
-                                                                "estimated_accuracy_sd", "intents"}),
+                                                                "estimated_accuracy_sd", "estimates", "intents"}),
                                    "alarm": decision.alarm, "strong": decision.strong,
                                    "labels_needed": decision.labels_needed},
                           degraded=decision.degraded, decision=action, reason=reason, champion_tag=champion.tag,

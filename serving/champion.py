@@ -1,28 +1,51 @@
-"""Loading a champion beside the live model: load, smoke-test, and only then hand it over.
+"""Loading a champion beside the live model: load, smoke-test, warm up, and only then hand it over.
 
 A model folder that fails to load or gives a smoke prediction that is not a probability row per
-text is refused with :class:`ModelSwapError`, and the caller keeps serving the old model.
+text is refused with :class:`ModelSwapError`, and the caller keeps serving the old model. A model
+that passes is warmed up (and its per-pass cost measured, see :mod:`serving.inference`) before it
+is swapped in, so the first batches it serves are as fast as the rest.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
+from serving import inference, metrics
 from training.home import Home
-from training.predict import Classifier
-from training.store import ModelNotFoundError, get_model
+from training.predict import Classifier, pick_device
+from training.store import ModelNotFoundError, get_model, read_champion
+
+log = logging.getLogger("bentoml.service.tuneloop")  # under "bentoml": shown by `bentoml serve`
 
 SMOKE_TEXTS = ["where is my new card?", "I want a refund"]  # a new model must classify these
+LOADER_NICE = 10  # loads run at this nice value: serving threads (nice 0) get ~10x its CPU share; measured
+# with MiniLM under load: the worst latency of requests in flight during a swap fell from ~0.5-0.7 s to ~0.25-0.4 s
 
 
 @dataclass(frozen=True)
 class LiveModel:
-    """A loaded, smoke-tested model and its store tag (``name:version``)."""
+    """A loaded, smoke-tested, warmed-up model and its store tag (``name:version``).
+
+    Attributes:
+        tag: the store tag.
+        classifier: the model; never mutated once live, so in-flight batches keep their reference.
+        overhead_tokens: its measured per-forward-pass overhead in tokens (length grouping).
+    """
 
     tag: str
-    classifier: Classifier  # never mutated once live: in-flight batches keep their reference
+    classifier: Classifier
+    overhead_tokens: float = inference.DEFAULT_OVERHEAD_TOKENS
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        """Class probabilities, shape ``(len(texts), n_labels)``, computed in length groups."""
+        return inference.predict_proba(self.classifier, texts, self.overhead_tokens)
 
 
 @dataclass(frozen=True)
@@ -43,8 +66,25 @@ class ModelSwapError(RuntimeError):
         self.reason = reason
 
 
-def load_checked(home: Home, tag: str) -> LiveModel:
-    """Load model ``tag`` from the store and smoke-test it, without touching the live model.
+def resolve_quantize(setting: str, metadata: dict) -> str | None:
+    """What to serve a model as: ``"int8"``, ``"bf16"`` or None (as saved).
+
+    Args:
+        setting: ``"auto"``, ``"none"``, ``"int8"`` or ``"bf16"`` (``TUNELOOP_QUANTIZE``).
+        metadata: the stored model's metadata; ``"auto"`` follows its ``serving_quantization``.
+    """
+    if setting == "auto":
+        return "int8" if metadata.get("serving_quantization") == "int8" and pick_device() == "cpu" else None
+    return None if setting == "none" else setting
+
+
+def load_checked(home: Home, tag: str, quantize: str = "none") -> LiveModel:
+    """Load model ``tag`` from the store, smoke-test and warm it up, without touching the live model.
+
+    Args:
+        home: the tuneloop home whose store holds ``tag``.
+        tag: the model's tag.
+        quantize: ``"auto"``, ``"none"``, ``"int8"`` or ``"bf16"`` (see :func:`resolve_quantize`).
 
     Raises:
         ModelSwapError: the tag is not in the store, its folder does not load, or its smoke
@@ -54,14 +94,143 @@ def load_checked(home: Home, tag: str) -> LiveModel:
         stored = get_model(home, tag)
     except ModelNotFoundError as exc:
         raise ModelSwapError("not_found", str(exc)) from exc
+    precision = resolve_quantize(quantize, dict(stored.info.metadata))
     try:
-        classifier = Classifier.load(stored.path)
+        classifier = Classifier.load(stored.path, quantize="int8" if precision == "int8" else None)
+        if precision == "bf16":
+            import torch
+
+            classifier.model.to(torch.bfloat16)  # CPUs with AVX512-BF16 / AMX run it ~1.6x faster (measured)
     except Exception as exc:  # anything wrong with an unvetted folder must leave the old model serving
         raise ModelSwapError("load", f"model {tag} failed to load: {type(exc).__name__}: {exc}") from exc
     try:
         proba = classifier.predict_proba(SMOKE_TEXTS)
+        grouped = inference.predict_proba(classifier, SMOKE_TEXTS)
     except Exception as exc:
         raise ModelSwapError("smoke", f"model {tag} failed the smoke prediction: {type(exc).__name__}: {exc}") from exc
     if proba.shape != (len(SMOKE_TEXTS), len(classifier.labels)) or not np.allclose(proba.sum(axis=1), 1, atol=1e-3):
         raise ModelSwapError("smoke", f"model {tag} smoke prediction is not a probability row per text: {proba!r}")
-    return LiveModel(tag=tag, classifier=classifier)
+    if not np.allclose(grouped, proba, atol=1e-2):
+        raise ModelSwapError("smoke", f"model {tag}: the serving path disagrees with Classifier.predict_proba")
+    try:
+        overhead = inference.warm_up(classifier)
+    except Exception as exc:
+        raise ModelSwapError("smoke", f"model {tag} failed the warm-up passes: {type(exc).__name__}: {exc}") from exc
+    return LiveModel(tag=tag, classifier=classifier, overhead_tokens=overhead)
+
+
+def _lower_priority() -> None:
+    """Raise the calling thread's nice value to ``LOADER_NICE`` (Linux: per thread; elsewhere a no-op)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOADER_NICE)
+    except (AttributeError, OSError):  # not Linux, or not permitted: load at normal priority
+        pass
+
+
+class ChampionHolder:
+    """Holds the live model and swaps in the champion that ``<home>/champion.json`` names.
+
+    ``refresh`` loads a new champion beside the live one (:func:`load_checked`) and only then
+    swaps the reference, under a lock that readers hold for a pointer read: batches in flight
+    finish on the model they started with, and no request waits for a load. A champion that fails
+    is logged with the reason, counted in ``tuneloop_model_swap_failures_total{reason}``, and not
+    retried by the poller until the pointer changes (``force`` retries it).
+
+    Args:
+        home: the tuneloop home.
+        quantize: ``"auto"``, ``"none"``, ``"int8"`` or ``"bf16"``, passed to :func:`load_checked`.
+        poll_seconds: how often :meth:`start_polling`'s thread re-reads the pointer.
+    """
+
+    def __init__(self, home: Home, quantize: str, poll_seconds: float) -> None:
+        self.home = home
+        self.quantize = quantize
+        self.poll_seconds = poll_seconds
+        self._live: LiveModel | None = None
+        self._swap_lock = threading.Lock()  # guards the reference to the live model
+        self._reload_lock = threading.Lock()  # one load at a time (poller vs /admin/reload)
+        self._failed: tuple[tuple[str, float], str] | None = None  # (pointer, error) not to retry
+        self.unready_reason = "the service is starting"
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="tuneloop-loader", initializer=_lower_priority)
+
+    @property
+    def live(self) -> LiveModel | None:
+        """The model answering now (None until a champion loaded)."""
+        with self._swap_lock:
+            return self._live
+
+    def refresh(self, force: bool = False) -> ReloadOutcome:
+        """Swap in the champion if the pointer names a model other than the live one.
+
+        The work runs on the loader thread, at a lower CPU priority than the threads that serve
+        (a load + warm-up of MiniLM is ~1 s of CPU that would otherwise slow the batches in flight).
+
+        Args:
+            force: retry a champion that already failed to load (the poller does not).
+
+        Returns:
+            What happened; the old model keeps serving whenever ``reloaded`` is False.
+        """
+        return self._loader.submit(self._refresh, force).result()
+
+    def _refresh(self, force: bool) -> ReloadOutcome:
+        with self._reload_lock:
+            live = self.live
+            live_tag = live.tag if live else None
+            pointer = read_champion(self.home)
+            if pointer is None:
+                error = f"no champion model in {self.home.root}: train and promote one (`tuneloop train --home ...`)"
+                if self.unready_reason != error:
+                    log.error("%s; staying unready and checking %s every %s s", error,
+                              self.home.champion_path, self.poll_seconds)
+                self.unready_reason = error
+                return ReloadOutcome(False, live_tag, None, error)
+            if pointer.tag == live_tag:
+                return ReloadOutcome(False, live_tag, pointer.tag)
+            key = (pointer.tag, pointer.promoted_at)
+            if self._failed is not None and self._failed[0] == key and not force:
+                return ReloadOutcome(False, live_tag, pointer.tag, self._failed[1])
+            start = time.perf_counter()
+            try:
+                new = load_checked(self.home, pointer.tag, self.quantize)
+            except ModelSwapError as exc:
+                metrics.MODEL_SWAP_FAILURES.labels(reason=exc.reason).inc()
+                log.error("champion %s NOT swapped in (%s); still serving %s", pointer.tag, exc, live_tag,
+                          exc_info=exc.__cause__)
+                self._failed = (key, str(exc))
+                if live is None:
+                    self.unready_reason = f"the champion model could not be loaded: {exc}"
+                return ReloadOutcome(False, live_tag, pointer.tag, str(exc))
+            seconds = time.perf_counter() - start
+            with self._swap_lock:
+                self._live = new
+            self._failed = None
+            metrics.MODEL_SWAPS.inc()
+            metrics.MODEL_LOAD_SECONDS.set(seconds)
+            if live_tag is not None:
+                metrics.MODEL_LIVE.labels(tag=live_tag).set(0)
+            metrics.MODEL_LIVE.labels(tag=new.tag).set(1)
+            log.info("now serving %s (loaded, smoke-tested and warmed up in %.2f s; per-pass overhead "
+                     "%.0f tokens; was %s)", new.tag, seconds, new.overhead_tokens, live_tag)
+            return ReloadOutcome(True, new.tag, pointer.tag)
+
+    def start_polling(self) -> None:
+        """Re-read the pointer every ``poll_seconds`` on a daemon thread until :meth:`stop`."""
+        self._poller = threading.Thread(target=self._poll, name="tuneloop-champion-poll", daemon=True)
+        self._poller.start()
+
+    def stop(self) -> None:
+        """Stop the poller thread (waits up to 5 s for a load in progress) and the loader thread."""
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(timeout=5)
+        self._loader.shutdown(wait=False, cancel_futures=True)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                self.refresh()
+            except Exception:  # e.g. a hand-edited champion.json; keep polling, keep serving
+                log.exception("champion check failed; retrying in %s s", self.poll_seconds)

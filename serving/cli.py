@@ -43,12 +43,19 @@ def serve(
     max_batch_texts: Annotated[int | None, typer.Option(
         help="Most texts in one /classify request; more get HTTP 400 (default: 64).")] = None,
     max_batch_size: Annotated[int | None, typer.Option(
-        help="Most texts merged into one forward pass by adaptive batching (default: 64).")] = None,
+        help="Most texts merged into one batch by adaptive batching (default: 64).")] = None,
     max_latency_ms: Annotated[int | None, typer.Option(
-        help="Adaptive-batching latency bound in ms; BentoML answers 503 to requests it predicts "
-             "cannot meet it, so keep it generous when training shares the CPU (default: 30000).")] = None,
+        help="Longest a text may wait for its batch before it is answered 503 (load shedding); keep it "
+             "generous when training shares the CPU (default: 30000).")] = None,
     torch_threads: Annotated[int | None, typer.Option(
-        help="torch intra-op threads in the worker (default: 1).")] = None,
+        help="torch intra-op threads per forward pass (default: 1).")] = None,
+    inference_workers: Annotated[int | None, typer.Option(
+        help="Batches computed at once, one thread each (default: 1; 2 on a dedicated 2-core server).")] = None,
+    batch_window_ms: Annotated[float | None, typer.Option(
+        help="How long a free inference worker waits for more texts before it starts a batch (default: 2).")] = None,
+    quantize: Annotated[str | None, typer.Option(
+        help="auto (int8 when the model was trained for it and no GPU), none, int8, or bf16 (CPUs with "
+             "AVX512-BF16/AMX) (default: auto).")] = None,
     wait_for_champion: Annotated[bool, typer.Option(
         "--wait-for-champion", help="Start even if no model was promoted yet: the service stays "
         "unready (/readyz 503) until one is, then loads it.")] = False,
@@ -56,7 +63,8 @@ def serve(
     """Serve the champion model of HOME on http://HOST:PORT until interrupted.
 
     Endpoints: POST /classify {"texts": [...]}, POST /feedback {"request_id", "label"}, POST
-    /admin/reload (bearer token), GET /readyz, GET /metrics (Prometheus).
+    /admin/reload (bearer token), GET /healthz, GET /readyz, GET /metrics (Prometheus), GET
+    /docs.json (OpenAPI). Every other setting is a TUNELOOP_* variable (README, HTTP API).
 
     The service follows the champion pointer: a model promoted while it runs is loaded,
     smoke-tested and swapped in without a restart. Exits 1 when HOME has no champion (unless
@@ -66,6 +74,7 @@ def serve(
     overrides = _overrides(
         poll_seconds=poll_seconds, max_text_chars=max_text_chars, max_batch_texts=max_batch_texts,
         max_batch_size=max_batch_size, max_latency_ms=max_latency_ms, torch_threads=torch_threads,
+        inference_workers=inference_workers, batch_window_ms=batch_window_ms, quantize=quantize,
         admin_token=admin_token,
     )
     try:

@@ -2,9 +2,9 @@
 
 The service reads them when it is constructed, in the worker process that ``bentoml serve``
 starts; ``tuneloop serve`` and :func:`serving.launch.running_server` pass them down through the
-environment. Four of them also shape the HTTP API itself (input limits, batching bounds, request
-timeout) and BentoML needs those when the service class is *defined*, so ``serving/service.py``
-reads the environment once more at import for exactly those (see the comment there).
+environment. A few also shape the HTTP API itself (input limits, request timeout, whether
+metrics are on) and BentoML needs those when the service class is *defined*, so
+``serving/service.py`` reads the environment once more at import for exactly those.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
@@ -22,12 +23,22 @@ ENV_VARS: dict[str, str] = {
     "home": HOME_ENV,
     "max_text_chars": "TUNELOOP_MAX_TEXT_CHARS",
     "max_batch_texts": "TUNELOOP_MAX_BATCH_TEXTS",
+    "max_body_bytes": "TUNELOOP_MAX_BODY_BYTES",
     "poll_seconds": "TUNELOOP_POLL_SECONDS",
     "admin_token": "TUNELOOP_ADMIN_TOKEN",
     "max_latency_ms": "TUNELOOP_MAX_LATENCY_MS",
     "max_batch_size": "TUNELOOP_MAX_BATCH_SIZE",
+    "batch_window_ms": "TUNELOOP_BATCH_WINDOW_MS",
+    "max_queue_texts": "TUNELOOP_MAX_QUEUE_TEXTS",
     "request_timeout_s": "TUNELOOP_REQUEST_TIMEOUT_S",
     "torch_threads": "TUNELOOP_TORCH_THREADS",
+    "inference_workers": "TUNELOOP_INFERENCE_WORKERS",
+    "quantize": "TUNELOOP_QUANTIZE",
+    "traffic_log": "TUNELOOP_TRAFFIC_LOG",
+    "log_sync": "TUNELOOP_LOG_SYNC",
+    "metrics": "TUNELOOP_METRICS",
+    "access_log": "TUNELOOP_ACCESS_LOG",
+    "trace_requests": "TUNELOOP_TRACE_REQUESTS",
 }
 
 
@@ -38,17 +49,46 @@ class ServeConfig(BaseModel):
         home: the tuneloop home folder (champion pointer, model store, traffic DB).
         max_text_chars: longest accepted text, in characters; longer ones get HTTP 400.
         max_batch_texts: most texts accepted in one ``/classify`` request (HTTP 400 above).
+        max_body_bytes: largest accepted request body, in bytes (HTTP 413 above). The default
+            holds 64 texts of 1000 characters even when every character is JSON-escaped.
         poll_seconds: how often the background thread re-reads the champion pointer, in seconds.
         admin_token: bearer token for ``/admin/*``; None disables the admin endpoints (HTTP 403).
-        max_latency_ms: adaptive-batching latency bound, in ms. BentoML's dispatcher answers 503
-            to a queued request it predicts cannot be served within this bound, so it is large
-            (30 s): the demo trains a challenger on the same 2 CPU cores while traffic flows, a
-            forward pass can then take seconds, and the demo must see zero failed requests.
-        max_batch_size: most texts merged into one forward pass (>= 2, BentoML's minimum).
+        max_latency_ms: load shedding: a text that waited this long in the batch queue is
+            answered 503 instead of being computed. Large (30 s) because the demo trains a
+            challenger on the same 2 CPU cores while traffic flows, and a forward pass can then
+            take seconds; the demo must see zero failed requests.
+        max_batch_size: most texts merged into one model call (it is cut into length groups,
+            see :mod:`serving.inference`). 64: the throughput gain flattens above ~32 short
+            texts on CPU, and a batch of 64 short texts stays under ~0.2 s on one core.
+        batch_window_ms: how long an idle batcher waits after the first text for more before it
+            starts a batch, in ms. Under load batches form while the model is busy, so this only
+            matters at the start of bursts; 2 ms is ~5% of a batch of short texts on 1 core.
+        max_queue_texts: most texts waiting for the model; more get HTTP 503 (back-pressure).
         request_timeout_s: BentoML ``traffic.timeout``: a request that has not started answering
             after this many seconds gets HTTP 504. Larger than ``max_latency_ms``.
-        torch_threads: ``torch.set_num_threads`` in the worker; 1 leaves the second core of the
-            2-core demo machine to the trainer, and batching recovers the throughput.
+        torch_threads: ``torch.set_num_threads`` (intra-op threads per forward pass). 1: on a
+            small or shared CPU, intra-op threads stall at every op's barrier whenever another
+            thread or process holds a core (see :mod:`serving.batcher`).
+        inference_workers: batches computed at once, each on its own thread. 1 leaves the
+            second core of the 2-core demo machine to the event loop and the trainer; 2 uses
+            both cores on a dedicated 2-core server (the benchmark's setting).
+        quantize: ``"int8"``: serve with dynamic int8 quantisation of every ``nn.Linear`` (CPU;
+            see :meth:`training.predict.Classifier.load`); ``"bf16"``: weights and activations
+            in bfloat16 (fast only on CPUs with AVX512-BF16 or AMX, and on GPUs, which use bf16
+            anyway); ``"none"``: the weights as saved (fp32 on CPU); ``"auto"``: int8 when the
+            model was trained for it (``serving_quantization: int8`` in its metadata, ``tuneloop
+            train --quantize int8``) and no GPU is present, else as saved.
+        traffic_log: log every prediction to ``traffic.db`` (off only for benchmarks: the
+            monitor and ``/feedback`` need the log).
+        log_sync: SQLite ``synchronous`` for the traffic log. ``normal``: a commit survives a
+            killed process (the guarantee of the service); ``full``: also an OS crash or power
+            loss, at the cost of an fsync per group commit.
+        metrics: Prometheus metrics (``/metrics`` and the per-request counters); off only for
+            benchmarks.
+        access_log: BentoML's access log (one line per request in the server log).
+        trace_requests: BentoML's OpenTelemetry spans for the API routes. Off by default: no
+            exporter is configured, and the spans cost ~0.5 ms of CPU per request (measured).
+            Turn on together with a BentoML ``tracing`` exporter configuration.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -56,20 +96,35 @@ class ServeConfig(BaseModel):
     home: Path = DEFAULT_HOME
     max_text_chars: int = Field(default=1000, ge=1)
     max_batch_texts: int = Field(default=64, ge=1)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
     poll_seconds: float = Field(default=2.0, gt=0)
     admin_token: SecretStr | None = None
     max_latency_ms: int = Field(default=30_000, ge=10)
-    max_batch_size: int = Field(default=64, ge=2)
+    max_batch_size: int = Field(default=64, ge=1)
+    batch_window_ms: float = Field(default=2.0, ge=0, le=1000)
+    max_queue_texts: int = Field(default=2048, ge=1)
     request_timeout_s: float = Field(default=120.0, gt=0)
     torch_threads: int = Field(default=1, ge=1)
+    inference_workers: int = Field(default=1, ge=1, le=64)
+    quantize: Literal["auto", "none", "int8", "bf16"] = "auto"
+    traffic_log: bool = True
+    log_sync: Literal["normal", "full"] = "normal"
+    metrics: bool = True
+    access_log: bool = True
+    trace_requests: bool = False
 
     @model_validator(mode="after")
-    def _timeout_covers_batching(self) -> "ServeConfig":
+    def _check_bounds(self) -> "ServeConfig":
         if self.request_timeout_s * 1000 <= self.max_latency_ms:
             raise ValueError(
                 f"{ENV_VARS['request_timeout_s']} ({self.request_timeout_s} s) must be larger than "
                 f"{ENV_VARS['max_latency_ms']} ({self.max_latency_ms} ms), or requests time out "
                 "while the batcher is still allowed to hold them"
+            )
+        if self.max_queue_texts < self.max_batch_texts:
+            raise ValueError(
+                f"{ENV_VARS['max_queue_texts']} ({self.max_queue_texts}) must be at least "
+                f"{ENV_VARS['max_batch_texts']} ({self.max_batch_texts}), or a full request never fits"
             )
         return self
 

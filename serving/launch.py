@@ -113,8 +113,35 @@ def wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout_s: f
     )
 
 
+def server_processes(process: subprocess.Popen) -> list:
+    """The ``bentoml serve`` arbiter and its descendants (workers), as ``psutil.Process`` objects.
+
+    The workers run in sessions of their own (circus), so signalling the arbiter's process group
+    does not reach them.
+    """
+    import psutil
+
+    try:
+        arbiter = psutil.Process(process.pid)
+        return [arbiter, *arbiter.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def kill_server(process: subprocess.Popen, timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """SIGKILL the arbiter and every worker at once (a crash, as ``kill -9`` of all of them), and reap."""
+    import psutil
+
+    processes = server_processes(process)
+    for proc in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(processes, timeout=timeout_s)
+    process.wait(timeout=timeout_s)
+
+
 def stop_server(process: subprocess.Popen, timeout_s: float = STOP_TIMEOUT_S) -> int:
-    """SIGTERM the server (it stops its workers), wait, SIGKILL its process group after a timeout.
+    """SIGTERM the server (it stops its workers), wait, SIGKILL it and its workers after a timeout.
 
     Returns:
         The exit code.
@@ -124,9 +151,7 @@ def stop_server(process: subprocess.Popen, timeout_s: float = STOP_TIMEOUT_S) ->
         try:
             process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)  # the server leads its own session
-            process.wait(timeout=timeout_s)
+            kill_server(process, timeout_s)
     return process.returncode
 
 

@@ -1,6 +1,6 @@
-"""Prometheus metrics of the serving process (all prefixed ``tuneloop_``) and the service's two
-ASGI middlewares: one counts requests, errors and latency per endpoint, one answers 503 with
-the reason while no model is loaded.
+"""Prometheus metrics of the serving process (all prefixed ``tuneloop_``, named after
+Prometheus conventions: base units, ``_seconds``, counters ``_total``, bounded label values) and
+the ASGI middleware that counts requests, errors, in-flight requests and latency per endpoint.
 
 Under ``bentoml serve`` every worker writes its values to ``$PROMETHEUS_MULTIPROC_DIR`` and
 BentoML's ``/metrics`` merges them with ``MultiProcessCollector``: counters and histograms are
@@ -17,7 +17,6 @@ import asyncio
 import time
 
 from prometheus_client import Counter, Gauge, Histogram
-from starlette.responses import JSONResponse
 
 # Millisecond-scale buckets (in seconds) from 1 ms up to the 120 s request timeout.
 LATENCY_BUCKETS_S = (
@@ -34,10 +33,12 @@ ERROR_REASONS = {
     401: "unauthorized",  # admin: missing or wrong bearer token
     403: "admin_disabled",  # admin: no TUNELOOP_ADMIN_TOKEN configured
     404: "unknown_request",  # feedback: request id never logged
+    413: "body_too_large",  # request body above TUNELOOP_MAX_BODY_BYTES
+    415: "unsupported_media_type",
     422: "unknown_label",  # feedback: label not in the live model's label list
     429: "too_many_requests",
     500: "internal_error",
-    503: "unavailable",  # no model loaded yet, or the batcher could not meet max_latency_ms
+    503: "unavailable",  # no model loaded yet, queue full, waited past max_latency_ms, log write failed
     504: "timeout",
 }
 
@@ -58,6 +59,28 @@ BATCH_SIZE = Histogram(
     "tuneloop_batch_size", "Texts per model forward pass (after adaptive batching merged requests)",
     buckets=BATCH_SIZE_BUCKETS,
 )
+IN_FLIGHT = Gauge(
+    "tuneloop_requests_in_flight", "Requests received and not yet answered, by endpoint", ["endpoint"],
+    multiprocess_mode="livesum",
+)
+QUEUE_WAIT = Histogram(
+    "tuneloop_batch_queue_wait_seconds", "Time a request waited for its batch to start", buckets=LATENCY_BUCKETS_S
+)
+INFERENCE_SECONDS = Histogram(
+    "tuneloop_batch_inference_seconds", "Wall time of one batch: tokenisation + forward passes + softmax",
+    buckets=LATENCY_BUCKETS_S,
+)
+QUEUED_TEXTS = Gauge(
+    "tuneloop_batch_queue_texts", "Texts waiting for the model (sampled when a batch ends)", multiprocess_mode="livesum"
+)
+LOG_WRITE_SECONDS = Histogram(
+    "tuneloop_log_write_seconds", "Wall time of one traffic-log group commit (insert + commit)",
+    buckets=LATENCY_BUCKETS_S,
+)
+LOG_WRITE_ROWS = Histogram(
+    "tuneloop_log_write_rows", "Predictions per traffic-log group commit", buckets=BATCH_SIZE_BUCKETS + (1024, 4096)
+)
+LOG_WRITE_FAILURES = Counter("tuneloop_log_write_failures", "Traffic-log group commits that failed")
 FEEDBACK = Counter("tuneloop_feedback", "Feedback labels recorded")
 MODEL_LIVE = Gauge(
     "tuneloop_model_live", "1 for the model tag that answers now, 0 for tags served before",
@@ -97,6 +120,8 @@ class RequestMetricsMiddleware:
             return
         start = time.perf_counter()
         status = 0
+        in_flight = IN_FLIGHT.labels(endpoint=path)
+        in_flight.inc()
 
         async def send_and_record(message) -> None:
             nonlocal status
@@ -114,30 +139,7 @@ class RequestMetricsMiddleware:
             status = status or 500
             raise
         finally:
+            in_flight.dec()
             REQUESTS.labels(endpoint=path).inc()
             if status >= 400:
                 REQUEST_ERRORS.labels(endpoint=path, reason=error_reason(status)).inc()
-
-
-class ModelReadyGuard:
-    """ASGI middleware: answers 503 with the reason on /classify and /feedback while no model is
-    loaded (BentoML turns a 503 raised inside an API into a generic message)."""
-
-    GUARDED = frozenset({"/classify", "/feedback"})
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope.get("path") in self.GUARDED:
-            reason = getattr(_current_service(), "unready_reason", None)
-            if reason is not None:
-                await JSONResponse({"error": f"no model is serving yet: {reason}"}, status_code=503)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-def _current_service():
-    import bentoml
-
-    return bentoml.get_current_service()  # the instance BentoML built for this worker

@@ -1,13 +1,17 @@
 """The traffic database: every prediction and every feedback, durably, in SQLite through SQLAlchemy.
 
-One file, ``<home>/traffic.db``, in WAL mode so the service writes while the monitor reads. A
-prediction batch is one transaction, committed before the HTTP answer is sent: an acknowledged
-request is in the log (WAL with ``synchronous=NORMAL`` survives a killed process; only a power
-loss can drop the last commits).
+One file, ``<home>/traffic.db``, in WAL mode so the service writes while the monitor reads.
+The service commits a request's predictions before it sends the answer (group commit, see
+:mod:`serving.log_writer`): an acknowledged request is in the log. With ``synchronous=NORMAL``
+(the default) a commit survives a killed process (``kill -9``: the WAL is in the OS page cache);
+only an OS crash or power loss can drop the last commits. ``synchronous=FULL``
+(``TUNELOOP_LOG_SYNC=full``) closes that gap with an fsync per commit.
 
 Tables:
     predictions: seq (autoincrement order), request_id (unique), created_at (Unix s), text,
-        label, confidence (0..1), top3 (JSON list of [label, prob]), model_tag, latency_ms.
+        label, confidence (0..1), top3 (JSON list of [label, prob]), model_tag, latency_ms,
+        http_request_id (the ``X-Request-ID`` of the HTTP request that carried the text; NULL in
+        rows logged before the column existed, which is added to older files on open).
     feedback: seq, request_id (unique; a second feedback for the same id replaces the label),
         true_label, created_at.
 """
@@ -18,11 +22,15 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 from sqlalchemy import Float, Integer, String, Text, create_engine, event, func, select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported where used: the serving worker never needs it (0.4 s of start-up)
 
 
 class Base(DeclarativeBase):
@@ -40,6 +48,7 @@ class Prediction(Base):
     top3: Mapped[str] = mapped_column(Text)
     model_tag: Mapped[str] = mapped_column(String(256))
     latency_ms: Mapped[float] = mapped_column(Float)
+    http_request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 class Feedback(Base):
@@ -66,10 +75,14 @@ class PredictionRecord:
     top3: list[tuple[str, float]]
     model_tag: str
     latency_ms: float
+    http_request_id: str | None = None
 
 
-def make_engine(db_path: Path):
-    """A SQLAlchemy engine on ``db_path`` with WAL, ``synchronous=NORMAL`` and a 30 s busy timeout."""
+def make_engine(db_path: Path, synchronous: str = "NORMAL"):
+    """A SQLAlchemy engine on ``db_path`` with WAL, the given ``synchronous`` level
+    (``NORMAL`` or ``FULL``) and a 30 s busy timeout."""
+    if synchronous.upper() not in ("NORMAL", "FULL"):
+        raise ValueError(f"synchronous={synchronous!r}: use NORMAL or FULL")
     db_path = Path(db_path)
     db_path.parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(f"sqlite:///{db_path}", connect_args={"timeout": 30, "check_same_thread": False})
@@ -78,7 +91,7 @@ def make_engine(db_path: Path):
     def _pragmas(dbapi_conn, _record) -> None:  # every pooled connection
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute(f"PRAGMA synchronous={synchronous.upper()}")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.close()
 
@@ -90,19 +103,28 @@ class TrafficLog:
 
     Args:
         db_path: the SQLite file; created with its tables when missing.
+        synchronous: SQLite ``synchronous`` level of this handle's commits (``NORMAL``, ``FULL``).
     """
 
-    def __init__(self, db_path: Path) -> None:
+    def __init__(self, db_path: Path, synchronous: str = "NORMAL") -> None:
         self.db_path = Path(db_path)
-        self.engine = make_engine(self.db_path)
+        self.engine = make_engine(self.db_path, synchronous)
         Base.metadata.create_all(self.engine)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Add columns introduced after a file was created (nullable, so old rows stay valid)."""
+        with self.engine.begin() as conn:
+            have = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(predictions)")}
+            if "http_request_id" not in have:
+                conn.exec_driver_sql("ALTER TABLE predictions ADD COLUMN http_request_id VARCHAR(128)")
 
     def log_predictions(self, records: list[PredictionRecord]) -> None:
         """Insert a batch of predictions in one committed transaction."""
         if not records:
             return
-        with Session(self.engine) as session, session.begin():
-            session.execute(
+        with self.engine.begin() as conn:
+            conn.execute(
                 Prediction.__table__.insert(),
                 [
                     {
@@ -110,6 +132,7 @@ class TrafficLog:
                         "label": r.label, "confidence": float(r.confidence),
                         "top3": json.dumps([[lab, float(p)] for lab, p in r.top3]),
                         "model_tag": r.model_tag, "latency_ms": float(r.latency_ms),
+                        "http_request_id": r.http_request_id,
                     }
                     for r in records
                 ],
@@ -138,6 +161,7 @@ class TrafficLog:
             return int(session.scalar(select(func.max(Prediction.seq))) or 0)
 
     def count_predictions(self) -> int:
+        """How many predictions the log holds."""
         with Session(self.engine) as session:
             return int(session.scalar(select(func.count()).select_from(Prediction)) or 0)
 
@@ -163,6 +187,8 @@ class TrafficLog:
                 [getattr(p, c) for c in cols] + [true_label]
                 for p, true_label in session.execute(stmt).all()
             ]
+        import pandas as pd
+
         return pd.DataFrame(rows, columns=cols + ["true_label"])
 
     def labelled(self, after_feedback_seq: int = 0) -> pd.DataFrame:
@@ -181,4 +207,6 @@ class TrafficLog:
         )
         with Session(self.engine) as session:
             rows = [tuple(r) for r in session.execute(stmt).all()]
+        import pandas as pd
+
         return pd.DataFrame(rows, columns=["feedback_seq", "request_id", "text", "label", "true_label", "confidence", "seq"])

@@ -10,17 +10,18 @@ test-split texts of the known intents (uniform, so they also carry Banking77's b
 prior shift). Shifted windows: 60 % scarce-intent texts, 30 % of all texts with keyboard typos.
 30 % of window rows get feedback (true_label).
 
-Measured with this simulation and the default DriftConfig/DriftPolicy (alpha 0.05/4, >= 2 signals
-or an accuracy drop per window, confirmed over 2 windows), sequences through ``decide``:
+Measured by the previous engineer with this simulation and the 4-signal policy (alpha 0.05/4, >= 2
+signals or an accuracy drop per window, confirmed over 2 windows), sequences through ``decide``:
   in-distribution, 150 rows, 200 windows: per-signal fire rate text 1 %, label 2.5 %, confidence 1 %,
     accuracy 0.5 %; 1 window alarming ("wait"), 0 degraded. 100 and 200 rows (100 windows each): 0, 0.
   all 77 intents known, reference at train proportions vs the uniform test split (benign prior
     shift), 150 rows x 200 / 200 rows x 100: label fires 6 % / 11 %; 5 / 0 alarming, 0 / 0 degraded.
-  shift (60 % scarce, 30 % typos), 100 rows without feedback, 150 with and without, 200 with:
-    label, confidence (and accuracy, with feedback) fire in 100 % of windows, text in 15/42/80 %;
-    degraded exactly at the 2nd shifted window after 20 quiet ones in 35/35 runs.
-  mild shift (20 % scarce, 10 % typos), 150 rows: degraded by the 2nd window in 9/10 runs with
-    feedback, 5/10 without (9/10 by the 4th).
+  shift (60 % scarce, 30 % typos): label, confidence (and accuracy, with feedback) fire in 100 % of
+    windows; degraded exactly at the 2nd shifted window after 20 quiet ones in 35/35 runs.
+The six-signal policy (text descriptors and embeddings added, alpha 0.05/6, a window with two signals
+at p < 1e-4 confirms itself) is measured on a real champion's outputs by benchmarks/drift_bench.py
+(README, "Monitoring: dashboards, alerts, benchmark"); the tests below pin its behaviour on this
+simulation: quiet windows stay quiet, the shift is confirmed at its first window.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def quiet_and_shifted(data, reference):
 
 
 def test_same_distribution_windows_are_not_flagged(quiet_and_shifted):
-    """A signal may fire alone by chance (alpha 0.0125 each); the policy needs two (or an accuracy drop)."""
+    """A signal may fire alone by chance (alpha 0.05/6 each); the policy needs two (or an accuracy drop)."""
     quiet, _ = quiet_and_shifted
     assert all(sum(s.fired for s in r.signals) <= 1 for r in quiet)
     state = PolicyState()
@@ -128,25 +129,31 @@ def test_same_distribution_windows_are_not_flagged(quiet_and_shifted):
         assert d.action == "none" and not d.degraded
 
 
-def test_shift_after_quiet_traffic_triggers_retrain_at_its_second_window(quiet_and_shifted):
+def test_shift_after_quiet_traffic_triggers_retrain_at_its_first_window(quiet_and_shifted):
     quiet, shifted = quiet_and_shifted
     state, actions = PolicyState(), []
     for r in quiet + shifted:
         d = decide(r, DriftPolicy(min_new_labels=100), state)
         state, actions = d.state, actions + [d.action]
-    assert actions == ["none"] * N_QUIET + ["wait", "retrain"]  # labels accumulate: ~45 per window
+    # strong evidence (>= 2 signals at p < 1e-4) confirms the first shifted window; labels accumulate
+    # (~45 per window), so it retrains there, and the second shifted window is in the cooldown
+    assert actions == ["none"] * N_QUIET + ["retrain", "cooldown"]
+    unconfirmed = decide(shifted[0], DriftPolicy(strong_alpha=None), PolicyState())
+    assert unconfirmed.action == "wait"  # without the strong rule the second window would confirm
 
 
-def test_shifted_windows_are_flagged_and_confirmed_by_the_second(quiet_and_shifted):
+def test_shifted_windows_are_flagged_and_confirmed(quiet_and_shifted):
     _, shifted = quiet_and_shifted
     for r in shifted:
         fired = {s.name for s in r.signals if s.fired}
         assert {LABEL, CONFIDENCE, ACCURACY} <= fired, r.signals
         assert r.accuracy < 0.75 and r.reference_accuracy > 0.85
-    policy, state = DriftPolicy(min_new_labels=40), PolicyState()
+    policy, state = DriftPolicy(min_new_labels=40, strong_alpha=None), PolicyState()
     first = decide(shifted[0], policy, state)
     second = decide(shifted[1], policy, first.state)
     assert (first.action, second.action) == ("wait", "retrain") and second.degraded
+    strong = decide(shifted[0], DriftPolicy(min_new_labels=40), PolicyState())
+    assert strong.strong and strong.action == "retrain"
 
 
 def test_feedback_accuracy_and_macro_f1_match_sklearn(quiet_and_shifted, data):
@@ -169,13 +176,16 @@ def test_report_files_and_workspace(quiet_and_shifted, tmp_path):
     assert html_path.stat().st_size > 10_000 and "<html" in html_path.read_text()[:2000].lower()
     saved = json.loads(json_path.read_text())
     assert {s["name"]: s["fired"] for s in saved["signals"]["signals"]}[LABEL] is True
-    assert saved["signals"]["n_labels"] == r.n_labels and len(saved["evidently"]["metrics"]) == 3
+    assert saved["signals"]["n_labels"] == r.n_labels
+    # text, 3 descriptors, label, confidence, feedback accuracy (no embeddings, no calibration given)
+    assert len(saved["evidently"]["metrics"]) == 7
     for run_name in ("w1", "w2"):
         add_to_workspace(r, tmp_path / "ws", "tuneloop-test", run_name=run_name)
     assert len(list((tmp_path / "ws").glob("*/snapshots/*.json"))) == 2
     (dashboard,) = (tmp_path / "ws").glob("*/dashboard.json")
-    (tab,) = json.loads(dashboard.read_text())["tabs"]
-    assert tab["title"] == "Drift" and len(tab["panels"]) == len(set(tab["panels"])) == 3
+    drift, perf = json.loads(dashboard.read_text())["tabs"]
+    assert drift["title"] == "Drift" and len(drift["panels"]) == len(set(drift["panels"])) == 7
+    assert perf["title"] == "Performance" and len(perf["panels"]) == len(set(perf["panels"])) == 3
 
 
 def test_label_test_is_calibrated_where_evidentlys_default_is_not(data):
@@ -221,16 +231,18 @@ def test_bad_input_is_rejected(reference):
 
 
 def test_cost_of_a_1000_row_window_and_both_text_methods(data, reference):
-    """Budget 10 s; measured 0.12 s (default analytic AUC cutoff) and ~1.9 s (Evidently's bootstrap
-    percentile, 1000 random-classifier AUCs) on 2 cores. Both methods must agree on a clear shift."""
+    """Budget 10 s for the whole cycle (benchmarks/drift_bench.py measures it with embeddings); here the
+    report without embeddings, both text methods. Both methods must agree on a clear shift."""
     w = pd.concat([window_frame(data, s, n=100, shifted=s % 2 == 0) for s in range(10)], ignore_index=True)
     for method in ("abs_text_content_drift", "perc_text_content_drift"):
         started = time.perf_counter()
         r = compute_signals(reference, w, DriftConfig(text_method=method))
-        assert r.n_current == 1000 and time.perf_counter() - started < 10
+        assert r.n_current == 1000
+        if method == "abs_text_content_drift":  # the default; the bootstrap costs ~1.5 s more (quiet CPU)
+            assert time.perf_counter() - started < 10
         text = r.signal(TEXT)
         assert text.fired and text.evidently_fired and text.p_value < 1e-4, text
-        assert text.threshold == pytest.approx(0.5 + 2.241 * np.sqrt((1000 + 1) / (12 * 500 * 500)), abs=0.01)
+        assert text.threshold == pytest.approx(0.5 + 2.394 * np.sqrt((1000 + 1) / (12 * 500 * 500)), abs=0.01)
 
 
 def test_load_reference_reads_the_model_jsonl(tmp_path):

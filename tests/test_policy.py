@@ -1,4 +1,6 @@
-"""The retrain decision on hand-made WindowReports (no Evidently, milliseconds)."""
+"""The retrain decision on hand-made WindowReports (no Evidently, milliseconds). The reports carry
+four of the six signals; the two missing ones count as "not computed" (and in the Bonferroni
+divisor, which is the policy's number of signals)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import pytest
 from monitoring.drift import ACCURACY, CONFIDENCE, LABEL, TEXT, SignalResult, WindowReport
 from monitoring.policy import DriftPolicy, PolicyState, decide
 
-POLICY = DriftPolicy(min_window=50, min_new_labels=40, cooldown_windows=2, confirm_windows=2)  # alpha 0.05/4
+POLICY = DriftPolicy(min_window=50, min_new_labels=40, cooldown_windows=2, confirm_windows=2)  # alpha 0.05/6
 
 
 def window(p: dict[str, float] | None = None, n: int = 150, n_labels: int = 0, accuracy: float | None = None,
@@ -30,7 +32,8 @@ def window(p: dict[str, float] | None = None, n: int = 150, n_labels: int = 0, a
                         macro_f1=accuracy, reference_accuracy=0.9, computed_at=at, seconds=0.1)
 
 
-SHIFT = {TEXT: 1e-4, CONFIDENCE: 1e-9}  # two signals clearly below 0.0125
+SHIFT = {TEXT: 0.004, CONFIDENCE: 0.002}  # two signals below 0.05/6, not below strong_alpha 1e-4
+STRONG = {TEXT: 1e-5, CONFIDENCE: 1e-9}  # two signals below strong_alpha: one window confirms itself
 
 
 def run(reports, policy=POLICY, state=None):
@@ -63,7 +66,7 @@ def test_one_signal_alone_does_not_alarm():
 
 
 def test_bonferroni_correction_applies():
-    # 0.02 < 0.05 but > 0.05 / 4: fires without correction only
+    # 0.02 < 0.05 but > 0.05 / 6: fires without correction only
     two = {TEXT: 0.02, CONFIDENCE: 0.02}
     assert run([window(two)])[0].fired == []
     assert run([window(two)], DriftPolicy(correction="none"))[0].fired == [TEXT, CONFIDENCE]
@@ -78,10 +81,20 @@ def test_shift_is_confirmed_over_consecutive_windows():
     assert [d.action for d in ds] == ["wait", "none", "wait"]
 
 
+def test_strong_window_confirms_itself_but_one_strong_signal_does_not():
+    ds = run([window(n_labels=20), window(STRONG, n_labels=30)])
+    assert [d.action for d in ds] == ["none", "retrain"] and ds[-1].degraded and ds[-1].strong
+    assert "strong: text_drift, confidence_drift below 0.0001, confirmed in one window" in ds[-1].reason
+    one = run([window({TEXT: 1e-6, CONFIDENCE: 0.004}, n_labels=30)])[0]  # alarms, only one very small p
+    assert one.alarm and not one.strong and one.action == "wait"
+    off = run([window(STRONG, n_labels=30)], POLICY.model_copy(update={"strong_alpha": None}))[0]
+    assert off.action == "wait" and not off.strong
+
+
 def test_need_labels_when_degraded_without_enough_labels():
     ds = run([window(SHIFT, n_labels=5), window(SHIFT, n_labels=5)])
     assert ds[-1].degraded and ds[-1].action == "need_labels"
-    assert "10 new labels < min_new_labels 40" in ds[-1].reason
+    assert "10 new labels < min_new_labels 40" in ds[-1].reason and ds[-1].labels_needed == 30
     # labels arriving later (counted by the caller) unlock the retrain
     d = decide(window(SHIFT), POLICY, ds[-1].state, new_labels=120)
     assert d.action == "retrain"
@@ -115,11 +128,12 @@ def test_accuracy_drop_alone_alarms_only_with_enough_labels():
 def test_reason_names_fired_signals_with_values_and_thresholds():
     d = run([window({TEXT: 1e-4, CONFIDENCE: 3e-9, ACCURACY: 1e-6}, n_labels=60, accuracy=0.55)])[0]
     assert d.fired == [TEXT, CONFIDENCE, ACCURACY]
-    assert "FIRED text_drift: domain classifier ROC AUC 0.700, p=0.0001 vs < 0.0125" in d.reason
-    assert "FIRED confidence_drift: K-S p-value 3e-09 vs < 0.0125" in d.reason
+    assert "FIRED text_drift: domain classifier ROC AUC 0.700, p=0.0001 vs < 0.00833" in d.reason
+    assert "FIRED confidence_drift: K-S p-value 3e-09 vs < 0.00833" in d.reason
     assert "FIRED accuracy_drop: 0.900 -> 0.550 on 60 labels (drop 0.350 vs >= 0.100" in d.reason
-    assert "; label_drift: permutation chi-square p-value 1 vs < 0.0125" in d.reason
-    assert "3 of 4 signals fired" in d.reason
+    assert "; label_drift: permutation chi-square p-value 1 vs < 0.00833" in d.reason
+    assert "3 of 6 signals fired" in d.reason and "bonferroni alpha 0.05/6=0.00833" in d.reason
+    assert "embedding_drift: not computed" in d.reason  # the hand-made report has four signals
 
 
 def test_policy_validation_and_drift_config():

@@ -316,3 +316,62 @@ def test_cli_refuses_a_home_without_champion(home):
 
     result = CliRunner().invoke(app, ["serve", "--home", str(home.root)])
     assert result.exit_code == 1 and "no champion model" in result.output
+
+
+def test_request_ids_are_returned_accepted_and_logged(client, champion_home):
+    import sqlite3
+
+    r = client.post("/classify", json={"texts": ["a", "b"]}, headers={"X-Request-ID": "client-req:42"})
+    assert r.status_code == 200 and r.headers["x-request-id"] == "client-req:42"
+    generated = client.post("/classify", json={"texts": ["c"]}).headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", generated)
+    with sqlite3.connect(champion_home.traffic_db_path) as db:
+        rows = db.execute("SELECT http_request_id FROM predictions ORDER BY seq").fetchall()
+    assert rows == [("client-req:42",), ("client-req:42",), (generated,)]
+    r = client.post("/classify", json={"texts": ["a"]}, headers={"X-Request-ID": "has space"})
+    assert r.status_code == 400 and "X-Request-ID" in r.json()["error"]
+    assert client.get("/readyz").headers["x-request-id"]  # every answer carries one
+
+
+def test_body_and_content_type_limits(champion_home, monkeypatch):
+    # the limit is read at import, like the other API bounds: the default 1 MiB here
+    with make_client(champion_home, monkeypatch) as c:
+        r = c.post("/classify", content=b'{"texts": ["' + b"x" * 1_100_000 + b'"]}',
+                   headers={"Content-Type": "application/json"})
+        assert r.status_code == 413 and "1048576 bytes" in r.json()["error"]
+        for media_type in ("text/plain", "multipart/form-data; boundary=x", "application/vnd.bentoml+pickle"):
+            r = c.post("/classify", content=b'{"texts": ["hi"]}', headers={"Content-Type": media_type})
+            assert r.status_code == 415 and "application/json" in r.json()["error"], media_type
+        assert c.post("/classify", content=b'{"texts": ["hi"]}').status_code == 200  # no Content-Type: JSON
+
+
+def test_health_and_openapi(client):
+    assert client.get("/healthz").status_code == 200 and client.get("/livez").status_code == 200
+    spec = client.get("/docs.json").json()
+    assert {"413", "415", "503"} <= set(spec["paths"]["/classify"]["post"]["responses"])
+
+
+def test_serving_metrics_cover_batches_log_writes_and_in_flight(client):
+    from prometheus_client import values
+
+    if values.ValueClass.__name__ != "MmapedValue":
+        pytest.skip("prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set")
+    client.post("/classify", json={"texts": ["a", "b"]})
+    text = client.get("/metrics").text
+    for name in ("tuneloop_requests_in_flight", "tuneloop_log_write_seconds_bucket", "tuneloop_log_write_rows_sum",
+                 "tuneloop_batch_queue_wait_seconds_bucket", "tuneloop_batch_inference_seconds_bucket",
+                 "tuneloop_model_load_seconds", "tuneloop_model_swap_failures_total",
+                 'bentoml_service_request_duration_seconds_bucket{endpoint="/classify"'):
+        assert name in text, name
+
+
+@pytest.mark.parametrize("precision", ["int8", "bf16"])
+def test_reduced_precision_serving_and_disabled_log(champion_home, monkeypatch, precision):
+    monkeypatch.setenv("TUNELOOP_QUANTIZE", precision)
+    monkeypatch.setenv("TUNELOOP_TRAFFIC_LOG", "0")
+    with make_client(champion_home, monkeypatch) as c:
+        r = c.post("/classify", json={"texts": ["where is my card", "refund"]})
+        assert r.status_code == 200 and 0 < r.json()[0]["confidence"] <= 1
+        r = c.post("/feedback", json={"request_id": "0" * 32, "label": "lost_card"})
+        assert r.status_code == 503 and "traffic log is off" in r.json()["error"]
+    assert not champion_home.traffic_db_path.exists()

@@ -163,3 +163,13 @@ def test_hot_swap_under_traffic_loses_no_request(served, http):
     metrics_text = http.get("/metrics").text
     assert metric(metrics_text, "tuneloop_model_live", tag=new_tag) == 1
     assert metric(metrics_text, "tuneloop_model_live", tag=old_tag) == 0
+
+
+def test_admin_token_never_reaches_the_server_log(served, http):
+    _, server = served
+    assert http.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    assert http.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}x"}).status_code == 401
+    assert http.post("/admin/reload").status_code == 401
+    log = server.log_path.read_text(errors="replace")
+    assert "/admin/reload" in log  # the access log saw the calls
+    assert TOKEN not in log

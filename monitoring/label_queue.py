@@ -1,0 +1,67 @@
+"""The queue of requests most worth labelling: when the monitor finds the model degraded but has too
+few labels to retrain (``need_labels``), a reviewer should label these first.
+
+Usefulness of an unlabelled request = the mean of two percentile ranks within the window:
+
+* uncertainty, ``1 - confidence``: the model itself doubts its answer (uncertainty sampling);
+* novelty, ``1 - cosine similarity to the nearest reference text`` in the champion's embedding space:
+  the request lies where the reference (and so the training data) has nothing -- the drifted part.
+
+The queue is rewritten every judged window to ``<home>/label_queue.json``: ``{"created_at",
+"champion", "window", "items": [{"request_id", "text", "label", "confidence", "novelty", "score"}]}``,
+best first. Label them through ``POST /feedback``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+QUEUE_FILE = "label_queue.json"
+
+
+def rank_for_labelling(window: pd.DataFrame, novelty: np.ndarray | None, size: int = 50) -> pd.DataFrame:
+    """The ``size`` most useful unlabelled rows of a window, best first.
+
+    Args:
+        window: rows with ``request_id, text, label, confidence`` and ``true_label`` (None if unlabelled).
+        novelty: per row of ``window``, 1 - nearest-reference cosine similarity, shape (n,); None: rank
+            by uncertainty alone.
+        size: queue length.
+
+    Returns:
+        DataFrame with columns ``request_id, text, label, confidence, novelty, score`` (score 0..1).
+    """
+    frame = window.reset_index(drop=True).copy()
+    frame["novelty"] = np.nan if novelty is None else np.asarray(novelty, dtype=float)
+    if "true_label" in frame:
+        frame = frame[frame["true_label"].isna()]
+    if frame.empty:
+        return frame.assign(score=[])[["request_id", "text", "label", "confidence", "novelty", "score"]]
+    uncertainty = (1 - frame["confidence"].astype(float)).rank(pct=True)
+    score = uncertainty if novelty is None else (uncertainty + frame["novelty"].rank(pct=True)) / 2
+    frame["score"] = score.to_numpy()
+    cols = ["request_id", "text", "label", "confidence", "novelty", "score"]
+    return frame.sort_values("score", ascending=False, kind="stable").head(size)[cols].reset_index(drop=True)
+
+
+def write_queue(path: Path, queue: pd.DataFrame, champion: str, window: str) -> None:
+    """Replace the queue file atomically."""
+    path = Path(path)
+    items = json.loads(queue.to_json(orient="records"))
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"created_at": time.time(), "champion": champion, "window": window,
+                               "items": items}, indent=1))
+    tmp.replace(path)
+
+
+def read_queue(path: Path) -> dict:
+    """The last queue written (``{"items": []}`` when there is none yet)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return {"items": []}

@@ -1,0 +1,94 @@
+"""The data types of the drift signals: their names, how they are computed (``DriftConfig``), one
+signal's result and one window's report. Pure pydantic; ``monitoring.drift`` fills them."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TEXT, DESCRIPTORS, EMBEDDING = "text_drift", "descriptor_drift", "embedding_drift"
+LABEL, CONFIDENCE, ACCURACY = "label_drift", "confidence_drift", "accuracy_drop"
+ALL_SIGNALS = (TEXT, DESCRIPTORS, EMBEDDING, LABEL, CONFIDENCE, ACCURACY)
+DESCRIPTOR_NAMES = ("text_length", "oov_share", "non_letter_share")
+MIN_ROWS = 10  # below this the domain classifier's held-out half may hold no window row at all
+DEFAULT_ALPHA = 0.05 / len(ALL_SIGNALS)  # Bonferroni over the six signals of DriftPolicy's default
+
+
+class DriftConfig(BaseModel):
+    """How the signals are computed (the decision thresholds live in ``policy.DriftPolicy``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    alpha: float = Field(DEFAULT_ALPHA, gt=0, lt=1, description="Per-signal significance level, already corrected: "
+                         "0.05 / 6 signals (Bonferroni). Use DriftPolicy.drift_config() to keep both in step.")
+    max_reference_rows: int = Field(1000, ge=MIN_ROWS, description="Reference cap (seeded subsample) for the "
+                                    "drift tests: bounds cost and power. Reference accuracy uses all labelled rows.")
+    max_current_rows: int = Field(1000, ge=MIN_ROWS, description="Window cap for the drift tests, so large windows "
+                                  "do not make every tiny difference significant. Accuracy uses all labelled rows.")
+    text_method: Literal["abs_text_content_drift", "perc_text_content_drift"] = Field(
+        "abs_text_content_drift", description="Evidently text drift method: AUC vs a cutoff, or AUC vs a bootstrap "
+        "percentile of 1000 random-classifier AUCs (same test, but the bootstrap is ~95 % of its cost: 1.5 s).")
+    text_auc_threshold: float | None = Field(None, gt=0.5, lt=1, description="AUC cutoff for abs_text_content_drift. "
+        "None: the (1 - alpha) quantile of the AUC's Mann-Whitney null for the actual sample sizes. Evidently's "
+        "fixed 0.55 false-alarms on 100-200 row windows.")
+    embedding_method: Literal["distance", "mmd", "model"] = Field(
+        "model", description="Evidently embedding drift method. benchmarks/drift_embedding_methods.py measured all "
+        "three on the champion's embeddings (100-row windows, level 0.05/6): the domain classifier ('model') "
+        "fired least without drift (2.0 % vs 3.3 %), as often on the scarce-intent and label-mix shifts "
+        "(0.97-1.0), 3-4x as often on 30 % typos (0.38 vs 0.10/0.12), at 0.04 s per test.")
+    embedding_permutations: int = Field(2000, ge=100, description="Null draws of the embedding permutation test.")
+    label_permutations: int = Field(2000, ge=100, description="Null draws of the label test (p resolution 1/(n+1)).")
+    min_labels: int = Field(30, ge=1, description="Labelled rows needed before accuracy_drop may fire.")
+    max_accuracy_drop: float = Field(0.10, ge=0, le=1, description="Absolute accuracy drop that matters.")
+    top_intents: int = Field(5, ge=0, description="Intents reported with their recall (largest share moves).")
+    estimator: Literal["atc", "cbpe"] = Field("atc", description="Which label-free accuracy estimate is "
+                                              "``estimated_accuracy`` (both are computed; see monitoring/performance.py).")
+    seed: int = Field(0, description="Seed of the reference/window subsamples (the permutation nulls use seed 0).")
+
+
+class SignalResult(BaseModel):
+    """One signal of one window. ``fired`` applies the DriftConfig's level; the policy re-judges ``p_value``."""
+
+    name: str
+    method: str
+    value: float | None = Field(description="Score: ROC AUC (text), min corrected p-value (descriptors), distance "
+                                "or AUC or MMD^2 (embedding), p-value (label, confidence), drop (accuracy).")
+    threshold: float = Field(description="Cutoff on ``value`` at the config's alpha.")
+    fired: bool
+    p_value: float | None = None
+    evidently_fired: bool | None = Field(None, description="Evidently's own test verdict, where it ran one.")
+    details: dict[str, Any] = Field(default_factory=dict, description="Sub-results (per descriptor, JS distance...).")
+
+
+class WindowReport(BaseModel):
+    """Signals and performance figures of one window, plus the Evidently snapshot (not serialised)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    signals: list[SignalResult]
+    n_current: int
+    n_reference: int
+    n_labels: int
+    accuracy: float | None
+    macro_f1: float | None
+    reference_accuracy: float | None
+    accuracy_ci: tuple[float, float] | None = Field(None, description="Wilson 95 % interval of ``accuracy``.")
+    estimated_accuracy: float | None = Field(None, description="Label-free estimate (DriftConfig.estimator).")
+    estimated_accuracy_sd: float | None = Field(None, description="Sampling sd of a realised accuracy around it.")
+    reference_estimated_accuracy: float | None = Field(None, description="The same estimate on the reference.")
+    estimates: dict[str, float] = Field(default_factory=dict, description="Every estimator's value: atc, cbpe.")
+    intents: list[dict] = Field(default_factory=list, description="Intents whose labelled share moved most, recall.")
+    computed_at: float = Field(description="Unix seconds when the signals were computed.")
+    seconds: float = Field(description="Wall time of compute_signals.")
+    snapshot: Any = Field(None, exclude=True, repr=False)
+    current_positions: Any = Field(None, exclude=True, repr=False, description="Rows of the window the tests used.")
+    current_embeddings: Any = Field(None, exclude=True, repr=False, description="Their embeddings (n, d).")
+    reference_embeddings: Any = Field(None, exclude=True, repr=False, description="The reference rows' (n, d).")
+
+    def signal(self, name: str) -> SignalResult:
+        """The signal called ``name``. Raises KeyError if absent."""
+        for s in self.signals:
+            if s.name == name:
+                return s
+        raise KeyError(name)

@@ -1,0 +1,115 @@
+"""The service's OpenAPI document (``GET /docs.json``), corrected to say what the API really answers.
+
+BentoML 1.4.39 generates the document from the API signatures, but documents every API with the
+same 400/404/500 error answers, and its 400 schema says ``detail`` is a string while its own
+validation errors send a list. Clients generated from the document, and schemathesis checking
+answers against it, need the truth: per endpoint, the statuses it can answer (400, 401, 403, 404,
+413, 422, 503) with their bodies, the ``X-Request-ID`` request and response header, and 503 on
+``/readyz``. :class:`OpenAPIMiddleware` serves BentoML's document with those corrections.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from serving.middleware import REQUEST_ID_PATTERN, send_json
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {"type": "string", "description": "what is wrong and how to fix it"},
+        "detail": {"description": "validation errors: a list of {loc, msg, type}", "type": "array",
+                   "items": {"type": "object"}},
+        "labels": {"type": "array", "items": {"type": "string"}, "description": "422: the live model's labels"},
+    },
+}
+_ERROR_TEXT = {
+    400: "Invalid input: `detail[].loc` and `detail[].msg` say what and why",
+    401: "Missing or wrong admin bearer token",
+    403: "Admin endpoints are disabled (no TUNELOOP_ADMIN_TOKEN configured)",
+    404: "Unknown request_id",
+    413: "Request body larger than TUNELOOP_MAX_BODY_BYTES",
+    415: "Unsupported media type",
+    422: "Label unknown to the live model",
+    503: "No model loaded yet, overloaded (see Retry-After), or the traffic log write failed",
+}
+# The statuses each API route can answer besides 200.
+ROUTE_ERRORS = {
+    "/classify": (400, 413, 415, 503),
+    "/feedback": (400, 404, 413, 415, 422, 503),
+    "/admin/reload": (400, 401, 403, 413, 415),
+}
+FEEDBACK_OK = {
+    "type": "object", "required": ["request_id", "label", "recorded"],
+    "properties": {"request_id": {"type": "string"}, "label": {"type": "string"}, "recorded": {"type": "boolean"}},
+}
+RELOAD_OK = {
+    "type": "object", "required": ["reloaded", "model_tag", "champion_tag", "error"],
+    "properties": {"reloaded": {"type": "boolean"}, "model_tag": {"type": "string", "nullable": True},
+                   "champion_tag": {"type": "string", "nullable": True},
+                   "error": {"type": "string", "nullable": True}},
+}
+REQUEST_ID_PARAM = {
+    "name": "X-Request-ID", "in": "header", "required": False,
+    "description": "Your id for this request (returned in the X-Request-ID answer header and logged with "
+                   "its predictions); a new one is made when absent.",
+    "schema": {"type": "string", "pattern": f"^{REQUEST_ID_PATTERN.pattern}$"},
+}
+REQUEST_ID_HEADER = {"X-Request-ID": {"description": "The request's id (yours, or a new 32-hex-digit id)",
+                                      "schema": {"type": "string"}}}
+
+
+def _json(schema: dict) -> dict:
+    return {"application/json": {"schema": schema}}
+
+
+def corrected_spec(bentoml_spec: dict[str, Any]) -> dict[str, Any]:
+    """BentoML's OpenAPI dict with the per-route error answers and headers of this service.
+
+    Args:
+        bentoml_spec: ``Service.openapi_spec.asdict()`` (status codes may be int keys).
+
+    Returns:
+        A new JSON-ready dict (string keys throughout); the argument is not modified.
+    """
+    spec = json.loads(json.dumps(bentoml_spec))  # a deep copy with the status codes as strings, as served
+    spec.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+    error_ref = {"$ref": "#/components/schemas/Error"}
+    for route, statuses in ROUTE_ERRORS.items():
+        operation = spec["paths"][route]["post"]
+        responses = {"200": operation["responses"]["200"]}
+        for status in statuses:
+            responses[str(status)] = {"description": _ERROR_TEXT[status], "content": _json(error_ref),
+                                      "headers": REQUEST_ID_HEADER}
+        responses["200"]["headers"] = REQUEST_ID_HEADER
+        operation["responses"] = responses
+        operation["parameters"] = [REQUEST_ID_PARAM]
+        if spec["components"]["schemas"].get(f"{operation['x-bentoml-name']}__Input", {}).get("required"):
+            operation["requestBody"]["required"] = True  # an empty body is `{}`, which lacks the fields
+    spec["paths"]["/feedback"]["post"]["responses"]["200"]["content"] = _json(FEEDBACK_OK)
+    spec["paths"]["/admin/reload"]["post"]["responses"]["200"]["content"] = _json(RELOAD_OK)
+    spec["paths"]["/admin/reload"]["post"]["security"] = [{"adminBearer": []}]
+    spec["components"]["securitySchemes"] = {"adminBearer": {"type": "http", "scheme": "bearer"}}
+    spec["paths"]["/readyz"]["get"]["responses"]["503"] = {"description": "No model loaded (and warmed up) yet"}
+    return spec
+
+
+class OpenAPIMiddleware:
+    """Serves :func:`corrected_spec` of ``service`` at ``GET /docs.json`` (computed once)."""
+
+    PATH = "/docs.json"
+
+    def __init__(self, app, service) -> None:
+        self.app = app
+        self.service = service
+        self._body: dict | None = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope.get("path") == self.PATH and scope.get("method") == "GET":
+            if self._body is None:
+                self._body = corrected_spec(self.service.openapi_spec.asdict())
+            await send_json(send, 200, self._body)
+            return
+        await self.app(scope, receive, send)
