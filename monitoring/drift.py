@@ -127,8 +127,8 @@ def compute_signals(reference: pd.DataFrame, current: pd.DataFrame, config: Drif
         metadata: extra str -> str metadata stored on the snapshot (e.g. model tag, window seqs).
         reference_embeddings: the champion's embeddings of the rows of ``reference``, shape (n_ref, d).
         current_embeddings: the same for ``current``, shape (n_cur, d), or a function that embeds a list
-            of texts (called only on the rows the tests use, so at most ``max_current_rows``). Without
-            both, ``embedding_drift`` is reported as not computed (p-value None).
+            of texts (called only on the rows the tests use, so at most ``max_current_rows``).
+            Without both, ``embedding_drift`` is reported as not computed (p-value None).
         calibration: the champion's confidence calibration; without it no estimated accuracy.
         vocab: the tokenizer's vocabulary for the OOV descriptor; default: the shipped MiniLM's.
         with_report: False skips Evidently's Report (no snapshot) and computes the same numbers with
