@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from monitoring.drift_stats import label_permutation_test
+from monitoring.drift_stats import oov_share as words_oov_share
 from monitoring.signals import DESCRIPTOR_NAMES, DriftConfig
 
 if TYPE_CHECKING:
     import pandas as pd
 
 EMBEDDINGS_NAME = "champion"
-_WORD = re.compile(r"[a-z]+")
 
 
 class _PCA2D:
@@ -90,9 +89,10 @@ def _descriptors(vocab: frozenset[str] | set[str]) -> list:
     from evidently.legacy.core import ColumnType
 
     def oov_share(col: DatasetColumn) -> DatasetColumn:  # percent of words the tokenizer must split
-        words = col.data.fillna("").astype(str).str.lower().str.findall(_WORD)
-        share = words.map(lambda ws: 100.0 * sum(w not in vocab for w in ws) / len(ws) if ws else 0.0)
-        return DatasetColumn(type=ColumnType.Numerical, data=share)
+        import pandas as pd
+
+        texts = col.data.fillna("").astype(str)
+        return DatasetColumn(type=ColumnType.Numerical, data=pd.Series(words_oov_share(texts, vocab), index=texts.index))
 
     return [TextLength("text", alias="text_length"), CustomColumnDescriptor("text", oov_share, alias="oov_share"),
             NonLetterCharacterPercentage("text", alias="non_letter_share")]
@@ -172,7 +172,7 @@ def evidently_values(ref: pd.DataFrame, cur: pd.DataFrame, cfg: DriftConfig, tex
                      vocab: set[str] | None) -> dict:
     """The same numbers as :func:`build_snapshot` (Evidently's own stattest functions on the same frames),
     without the Report: no per-column profiling, no plotly widgets (~20x cheaper). For benchmarks that
-    judge thousands of windows; ``tests/test_drift.py`` checks both paths agree.
+    judge thousands of windows; ``tests/test_drift_signals.py`` checks both paths agree.
 
     Returns:
         ``values`` as in :func:`build_snapshot` (no ``mean_*`` entries, no embedding score).
@@ -194,7 +194,7 @@ def evidently_values(ref: pd.DataFrame, cur: pd.DataFrame, cfg: DriftConfig, tex
     num = ColumnType.Numerical
     ks = get_stattest(ref["confidence"], cur["confidence"], num, "ks")
     for d in DESCRIPTOR_NAMES:
-        values[d] = float(ks(pd_series(rd[d]), pd_series(cd[d]), num, cfg.alpha / len(DESCRIPTOR_NAMES)).drift_score)
+        values[d] = float(ks(_series(rd[d]), _series(cd[d]), num, cfg.alpha / len(DESCRIPTOR_NAMES)).drift_score)
     values["means"] = {d: (float(rd[d].mean()), float(cd[d].mean())) for d in DESCRIPTOR_NAMES}
     values["label"] = label_permutation_test(ref["label"], cur["label"], cfg.label_permutations)[1]
     values["confidence"] = float(ks(ref["confidence"], cur["confidence"], num, cfg.alpha).drift_score)
@@ -203,7 +203,7 @@ def evidently_values(ref: pd.DataFrame, cur: pd.DataFrame, cfg: DriftConfig, tex
     return values
 
 
-def pd_series(values: np.ndarray) -> pd.Series:
+def _series(values: np.ndarray) -> pd.Series:
     import pandas as pd
 
     return pd.Series(np.asarray(values, dtype=float))

@@ -23,7 +23,7 @@ import asyncio
 import collections
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -58,8 +58,10 @@ class MicroBatcher(Generic[Result]):
     """Merge concurrent :meth:`submit` calls into calls of ``run_batch`` on one worker thread.
 
     Args:
-        run_batch: ``(texts, info) -> results``, one result per text, in order; runs on the worker
-            thread. An exception fails every request of the batch.
+        run_batch: ``(texts, info) -> (results, done)``: one result per text, in order, and a
+            ``concurrent.futures.Future`` (or None) that must complete before the results are
+            delivered (the service's log commit); runs on a worker thread, which is free again as
+            soon as it returns. An exception, raised or in ``done``, fails every request of the batch.
         max_batch_size: most texts per ``run_batch`` call (a larger request runs alone).
         window_s: how long an idle batcher waits for more texts after the first (s).
         max_queue_texts: most texts waiting.
@@ -70,7 +72,7 @@ class MicroBatcher(Generic[Result]):
 
     def __init__(
         self,
-        run_batch: Callable[[list[Any], BatchInfo], list[Result]],
+        run_batch: Callable[[list[Any], BatchInfo], tuple[list[Result], Future | None]],
         *,
         max_batch_size: int,
         window_s: float,
@@ -160,22 +162,27 @@ class MicroBatcher(Generic[Result]):
                     task.add_done_callback(self._running.discard)
 
     async def _run(self, batch: list[_Request]) -> None:
-        """Compute one batch on a worker thread and deliver each request's share of the results."""
-        texts = [text for request in batch for text in request.texts]
-        info = BatchInfo(len(texts), len(batch), time.perf_counter() - batch[0].enqueued_at)
+        """Compute one batch on a worker thread and deliver each request's share of the results
+        (after the batch's ``done`` future, if it returned one; the worker is free meanwhile)."""
+        items = [item for request in batch for item in request.texts]
+        info = BatchInfo(len(items), len(batch), time.perf_counter() - batch[0].enqueued_at)
         try:
-            results = await asyncio.get_running_loop().run_in_executor(self._executor, self.run_batch, texts, info)
+            try:
+                results, done = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self.run_batch, items, info)
+            finally:
+                self._busy -= 1
+                self._wake.set()  # a worker is free: dispatch what queued meanwhile
+            if done is not None:
+                await asyncio.wrap_future(done)
         except Exception as exc:  # noqa: BLE001 - delivered to every request of the batch
             for request in batch:
                 if not request.future.done():
                     request.future.set_exception(exc)
-        else:
-            start = 0
-            for request in batch:
-                end = start + len(request.texts)
-                if not request.future.done():
-                    request.future.set_result(results[start:end])
-                start = end
-        finally:
-            self._busy -= 1
-            self._wake.set()  # a worker is free: dispatch what queued meanwhile
+            return
+        start = 0
+        for request in batch:
+            end = start + len(request.texts)
+            if not request.future.done():
+                request.future.set_result(results[start:end])
+            start = end

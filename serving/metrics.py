@@ -112,6 +112,9 @@ class RequestMetricsMiddleware:
 
     def __init__(self, app) -> None:
         self.app = app
+        # (requests, latency, in-flight) children per endpoint: `labels()` is a locked lookup
+        self._children = {path: (REQUESTS.labels(endpoint=path), REQUEST_LATENCY.labels(endpoint=path),
+                                 IN_FLIGHT.labels(endpoint=path)) for path in TRACKED_ENDPOINTS}
 
     async def __call__(self, scope, receive, send) -> None:
         path = scope.get("path", "")
@@ -120,14 +123,14 @@ class RequestMetricsMiddleware:
             return
         start = time.perf_counter()
         status = 0
-        in_flight = IN_FLIGHT.labels(endpoint=path)
+        requests, latency, in_flight = self._children[path]
         in_flight.inc()
 
         async def send_and_record(message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                REQUEST_LATENCY.labels(endpoint=path).observe(time.perf_counter() - start)
+                latency.observe(time.perf_counter() - start)
             await send(message)
 
         try:
@@ -140,6 +143,6 @@ class RequestMetricsMiddleware:
             raise
         finally:
             in_flight.dec()
-            REQUESTS.labels(endpoint=path).inc()
+            requests.inc()
             if status >= 400:
                 REQUEST_ERRORS.labels(endpoint=path, reason=error_reason(status)).inc()

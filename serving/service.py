@@ -21,18 +21,19 @@ stays unready (``/readyz`` 503, one log line) until one is promoted: a worker th
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hmac
+import json
 import time
-from dataclasses import asdict, dataclass
-from typing import Annotated, Any
+from concurrent.futures import Future
+from dataclasses import asdict
+from typing import Annotated, Any, NamedTuple
 
 import anyio.to_thread
 import bentoml
 import numpy as np
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from serving import metrics
 from serving.batcher import BatchInfo, MicroBatcher, QueueFullError, QueueTimeoutError
@@ -53,6 +54,7 @@ from training.home import Home
 _LIMITS = ServeConfig.from_env()
 TOP_K = 3  # labels returned per text
 API_ROUTES = ("/classify", "/feedback", "/admin/reload")
+BENTOML_SKIPPED_PATHS = ["/metrics", "/healthz", "/livez", "/readyz"]  # BentoML's own default skip_paths
 
 
 def _check_text(value: str) -> str:
@@ -90,12 +92,13 @@ class TextPrediction(BaseModel):
     model_tag: str
 
 
-@dataclass(frozen=True)
-class _Answer:
-    """One text's result from the inference thread."""
+class _Item(NamedTuple):
+    """One text on its way to a batch, with what its log row needs from the request."""
 
-    top: list[tuple[str, float]]  # best first
-    model_tag: str
+    text: str
+    received_at: float  # time.time() when the request arrived
+    http_request_id: str | None
+    prediction_id: str  # the text's request_id (made on the event loop: IdSource is not thread-safe)
 
 
 def _error(ctx: bentoml.Context, status: int, message: str, retry_after_s: int | None = None) -> JSONResponse:
@@ -111,7 +114,10 @@ def _error(ctx: bentoml.Context, status: int, message: str, retry_after_s: int |
     traffic={"timeout": _LIMITS.request_timeout_s},
     http={"host": "127.0.0.1", "port": 3000},  # default bind for a plain `bentoml serve`: loopback
     metrics={"enabled": _LIMITS.metrics, "duration": {"buckets": list(metrics.LATENCY_BUCKETS_S)}},
-    logging={"access": {"enabled": _LIMITS.access_log}},
+    # /classify is left out of BentoML's access log and request metrics (its skip_paths serve
+    # both): its per-request record is the traffic-log row (with X-Request-ID and latency) and its
+    # metrics are the tuneloop_request_* ones; that saves ~0.18 ms of CPU per request (measured).
+    logging={"access": {"enabled": _LIMITS.access_log, "skip_paths": [*BENTOML_SKIPPED_PATHS, "/classify"]}},
     # BentoML wraps every request in OpenTelemetry spans even with no exporter configured: ~0.5 ms
     # of CPU per request (measured), a third of the service's per-request overhead.
     tracing={"excluded_urls": None if _LIMITS.trace_requests else ",".join(API_ROUTES)},
@@ -178,24 +184,31 @@ class TuneloopService:
     def __is_alive__(self) -> bool:
         return self._writer is None or self._writer.is_alive()  # a dead writer can acknowledge nothing
 
-    def _run_batch(self, texts: list[str], info: BatchInfo) -> list[_Answer]:
-        """The inference thread's work for one batch: one model for all its texts."""
+    def _run_batch(self, items: list[_Item], info: BatchInfo) -> tuple[list[PredictionRecord], Future | None]:
+        """A worker thread's work for one batch (one model for all its texts): predict, build the
+        log rows, count them, and hand them to the log writer; the answers go out once the
+        returned future (the commit) completes, while this thread already takes the next batch."""
         live = self.models.live
         if live is None:
             raise QueueTimeoutError("no model is loaded")
         start = time.perf_counter()
-        proba = live.predict_proba(texts)  # (n, n_labels)
+        proba = live.predict_proba([item.text for item in items])  # (n, n_labels)
         top_idx = np.argsort(-proba, axis=1, kind="stable")[:, :TOP_K]
-        labels = live.classifier.labels
-        answers = [
-            _Answer([(labels[j], float(row[j])) for j in idx], live.tag) for row, idx in zip(proba, top_idx)
-        ]
+        labels, answered = live.classifier.labels, time.time()
+        records = []
+        for item, row, idx in zip(items, proba, top_idx):
+            top = [(labels[j], float(row[j])) for j in idx]
+            records.append(PredictionRecord(item.prediction_id, answered, item.text, top[0][0], top[0][1], top,
+                                            live.tag, (answered - item.received_at) * 1000.0, item.http_request_id))
         if self.config.metrics:
             metrics.INFERENCE_SECONDS.observe(time.perf_counter() - start)
             metrics.QUEUE_WAIT.observe(info.oldest_wait_s)
-            metrics.BATCH_SIZE.observe(len(texts))
+            metrics.BATCH_SIZE.observe(len(items))
             metrics.QUEUED_TEXTS.set(self._batcher.queued_texts)  # sampled once per batch
-        return answers
+            for record in records:
+                metrics.PREDICTIONS.labels(label=record.label).inc()
+                metrics.CONFIDENCE.observe(record.confidence)
+        return records, (self._writer.submit(records) if self._writer is not None else None)
 
     @bentoml.api(route="/classify")
     async def classify(self, texts: Texts, ctx: bentoml.Context) -> list[TextPrediction]:
@@ -209,34 +222,21 @@ class TuneloopService:
             ``{label, probability}``, the answering model's tag and a new request id. All n are
             committed to the traffic log before this returns. 503 (with ``Retry-After``) when
             the queue is full, a text waited past ``max_latency_ms`` or the log write failed.
+            The JSON is written here: BentoML would validate and serialise the list once more.
         """
         scope = ctx.request.scope
-        received_at = scope.get(SCOPE_RECEIVED_AT) or time.time()
+        received_at, http_id = scope.get(SCOPE_RECEIVED_AT) or time.time(), scope.get(SCOPE_REQUEST_ID)
         try:
-            answers = await self._batcher.submit(texts)
+            records = await self._batcher.submit([_Item(text, received_at, http_id, new_id()) for text in texts])
         except (QueueFullError, QueueTimeoutError) as exc:
             return _error(ctx, 503, f"the service is overloaded: {exc}; retry later", retry_after_s=1)
-        answered = time.time()
-        latency_ms = (answered - received_at) * 1000.0
-        records = [
-            PredictionRecord(new_id(), answered, text, a.top[0][0], a.top[0][1], a.top, a.model_tag,
-                             latency_ms, scope.get(SCOPE_REQUEST_ID))
-            for text, a in zip(texts, answers)
-        ]
-        if self._writer is not None:
-            try:
-                await asyncio.wrap_future(self._writer.submit(records))  # acknowledged => logged
-            except LogWriteError as exc:
-                return _error(ctx, 503, str(exc), retry_after_s=1)
-        if self.config.metrics:
-            for record in records:
-                metrics.PREDICTIONS.labels(label=record.label).inc()
-                metrics.CONFIDENCE.observe(record.confidence)
-        return [
-            TextPrediction(request_id=r.request_id, label=r.label, confidence=r.confidence, model_tag=r.model_tag,
-                           top3=[TopLabel(label=lab, probability=p) for lab, p in r.top3])
+        except LogWriteError as exc:
+            return _error(ctx, 503, str(exc), retry_after_s=1)
+        return Response(json.dumps([
+            {"request_id": r.request_id, "label": r.label, "confidence": r.confidence,
+             "top3": [{"label": label, "probability": p} for label, p in r.top3], "model_tag": r.model_tag}
             for r in records
-        ]
+        ]), media_type="application/json")
 
     @bentoml.api
     async def feedback(self, request_id: RequestId, label: LabelName, ctx: bentoml.Context) -> dict[str, Any]:

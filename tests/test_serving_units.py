@@ -68,7 +68,7 @@ def test_batcher_merges_concurrent_requests_and_keeps_order():
     def run_batch(texts, info):
         calls.append((list(texts), info))
         time.sleep(0.02)
-        return [t.upper() for t in texts]
+        return [t.upper() for t in texts], None
 
     async def main():
         batcher = _batcher(run_batch)
@@ -93,7 +93,7 @@ def test_batcher_bounds_and_errors():
         release.wait(5)
         if "boom" in texts:
             raise ValueError("boom")
-        return list(texts)
+        return list(texts), None
 
     async def scenario():
         batcher = _batcher(slow, max_queue_texts=3, max_batch_size=2, max_wait_s=0.05, window_s=0)
@@ -126,7 +126,7 @@ def test_batcher_runs_batches_on_several_workers_at_once():
         time.sleep(0.05)
         with lock:
             running[0] -= 1
-        return list(texts)
+        return list(texts), None
 
     async def main():
         batcher = _batcher(run_batch, max_batch_size=1, window_s=0, workers=2)
@@ -135,6 +135,32 @@ def test_batcher_runs_batches_on_several_workers_at_once():
 
     asyncio.run(main())
     assert peak[0] == 2
+
+
+def test_batcher_delivers_after_the_batch_future_and_frees_the_worker_before():
+    from concurrent.futures import Future
+
+    pending: list[Future] = []
+
+    def run_batch(texts, info):
+        pending.append(Future())
+        return list(texts), pending[-1]
+
+    async def main():
+        batcher = _batcher(run_batch, window_s=0)
+        first = asyncio.ensure_future(batcher.submit(["a"]))
+        await asyncio.sleep(0.05)
+        assert not first.done() and batcher._busy == 0  # computed, worker free, waiting for the commit
+        second = asyncio.ensure_future(batcher.submit(["b"]))
+        await asyncio.sleep(0.05)
+        pending[0].set_result(None)
+        pending[1].set_exception(RuntimeError("commit failed"))
+        assert await first == ["a"]
+        with pytest.raises(RuntimeError, match="commit failed"):
+            await second
+        batcher.close()
+
+    asyncio.run(main())
 
 
 def test_group_commit_writer_commits_everything_in_few_transactions():
