@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, values
 
 ACTIONS = ("none", "wait", "retrain", "need_labels", "cooldown")  # policy actions of judged windows
 OUTCOMES = ("promoted", "rejected", "failed")
@@ -60,6 +60,16 @@ class MonitorMetrics:
     """The gauges and counters, registered on a private registry (no clashes across tests)."""
 
     def __init__(self) -> None:
+        # The monitor serves its own registry from its own process: its values must live in this
+        # object, never in PROMETHEUS_MULTIPROC_DIR files (set in a BentoML worker, a test run or a
+        # user's shell), where a second MonitorMetrics in the same process would read the first's.
+        saved, values.ValueClass = values.ValueClass, values.MutexValue
+        try:
+            self._register()
+        finally:
+            values.ValueClass = saved
+
+    def _register(self) -> None:
         self.registry = r = CollectorRegistry()
 
         def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
