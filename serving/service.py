@@ -208,9 +208,6 @@ class TuneloopService:
             for record in records:
                 metrics.PREDICTIONS.labels(label=record.label).inc()
                 metrics.CONFIDENCE.observe(record.confidence)
-        if self._writer is not None and __import__("os").environ.get("X_INLINE"):
-            start = time.perf_counter(); self.traffic.log_predictions(records); self._log_committed(len(records), time.perf_counter() - start)
-            return records, None
         return records, (self._writer.submit(records) if self._writer is not None else None)
 
     @bentoml.api(route="/classify")

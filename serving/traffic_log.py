@@ -78,6 +78,12 @@ class PredictionRecord:
     http_request_id: str | None = None
 
 
+_INSERT_PREDICTIONS = (
+    "INSERT INTO predictions (request_id, created_at, text, label, confidence, top3, model_tag, latency_ms, "
+    "http_request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
 def make_engine(db_path: Path, synchronous: str = "NORMAL"):
     """A SQLAlchemy engine on ``db_path`` with WAL, the given ``synchronous`` level
     (``NORMAL`` or ``FULL``) and a 30 s busy timeout."""
@@ -120,23 +126,28 @@ class TrafficLog:
                 conn.exec_driver_sql("ALTER TABLE predictions ADD COLUMN http_request_id VARCHAR(128)")
 
     def log_predictions(self, records: list[PredictionRecord]) -> None:
-        """Insert a batch of predictions in one committed transaction."""
+        """Insert a batch of predictions in one committed transaction.
+
+        Straight through the DB-API connection (one ``executemany``, one commit): the service's
+        log writer runs this next to the inference threads, and every step in Python is a wait
+        for the GIL; SQLAlchemy's statement machinery took twice the CPU (measured).
+        """
         if not records:
             return
-        with self.engine.begin() as conn:
-            conn.execute(
-                Prediction.__table__.insert(),
-                [
-                    {
-                        "request_id": r.request_id, "created_at": r.created_at, "text": r.text,
-                        "label": r.label, "confidence": float(r.confidence),
-                        "top3": json.dumps([[lab, float(p)] for lab, p in r.top3]),
-                        "model_tag": r.model_tag, "latency_ms": float(r.latency_ms),
-                        "http_request_id": r.http_request_id,
-                    }
-                    for r in records
-                ],
-            )
+        rows = [
+            (r.request_id, r.created_at, r.text, r.label, float(r.confidence),
+             json.dumps([[lab, float(p)] for lab, p in r.top3]), r.model_tag, float(r.latency_ms), r.http_request_id)
+            for r in records
+        ]
+        conn = self.engine.raw_connection()
+        try:
+            conn.cursor().executemany(_INSERT_PREDICTIONS, rows)
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        finally:
+            conn.close()  # back to the pool
 
     def add_feedback(self, request_id: str, true_label: str) -> None:
         """Record the true label of a logged request (a later call for the same id replaces it).
