@@ -73,6 +73,8 @@ def predict_proba(classifier: Classifier, texts: Sequence[str], overhead_tokens:
     """
     import torch
 
+    from training.heads import forward_logits
+
     n_labels = len(classifier.labels)
     if not texts:
         return np.zeros((0, n_labels), dtype=np.float32)
@@ -92,7 +94,7 @@ def predict_proba(classifier: Classifier, texts: Sequence[str], overhead_tokens:
                 for key in enc.keys() if key in pad_values
             }
             batch = {key: value.to(classifier.device) for key, value in batch.items()}
-            logits = classifier.model(**batch).logits.float()
+            logits = forward_logits(classifier.model, **batch).float()
             out[idx] = logits.softmax(-1).cpu().numpy()
     return out
 
@@ -101,6 +103,8 @@ def _timed_pass(classifier: Classifier, n_texts: int, n_tokens: int) -> float:
     """Seconds for one forward pass over ``n_texts`` texts of ``n_tokens`` tokens."""
     import torch
 
+    from training.heads import forward_logits
+
     token = min(1000, classifier.model.config.vocab_size - 1)  # any real token id
     ids = torch.full((n_texts, n_tokens), token, dtype=torch.long, device=classifier.device)
     mask = torch.ones_like(ids)
@@ -108,7 +112,7 @@ def _timed_pass(classifier: Classifier, n_texts: int, n_tokens: int) -> float:
         torch.cuda.synchronize()
     start = time.perf_counter()
     with torch.inference_mode():
-        classifier.model(input_ids=ids, attention_mask=mask)
+        forward_logits(classifier.model, ids, mask)
     if classifier.device == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start

@@ -87,22 +87,43 @@ def test_paraphrase_through_a_local_seq2seq_folder(tiny_data, tmp_path):
     assert set(counts) == {"paraphrase", "back_translation"} and len(out) == 6 + sum(counts.values())
 
 
-def test_top_stack_on_cached_states_equals_the_full_model(tiny_base):
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_top_stack_on_cached_states_equals_the_full_model(tiny_base, pooling):
     from training.frozen import TopStack, cache_hidden_states, collate_states, frozen_depth
+    from training.heads import forward_logits, pooling_of
     from training.model import build_model
 
-    cfg = TrainConfig(data="x", base_model=str(tiny_base), method="freeze", freeze_layers=1)
+    cfg = TrainConfig(data="x", base_model=str(tiny_base), method="freeze", freeze_layers=1, pooling=pooling)
     tok, model = build_model(cfg, TINY_LABELS)
     model.eval()
-    assert frozen_depth(model) == 1
+    assert frozen_depth(model) == 1 and pooling_of(model) == pooling
     texts = ["where is my card", "I want a refund for this please", "top up"]
     ids = tok(texts)["input_ids"]
     states = cache_hidden_states(model, ids, 1)
     batch = collate_states([{"hidden_states": h, "labels": 0} for h in states])
     with torch.no_grad():
         cached = TopStack(model, 1)(batch["hidden_states"], batch["attention_mask"]).logits
-        full = model(**tok(texts, padding=True, return_tensors="pt")).logits
+        full = forward_logits(model, **tok(texts, padding=True, return_tensors="pt"))
+        hf_cls = model(**tok(texts, padding=True, return_tensors="pt")).logits  # the [CLS] pooler
+        alone = torch.cat([forward_logits(model, **tok([t], return_tensors="pt")) for t in texts])
     assert torch.allclose(cached, full, atol=1e-5)
+    assert torch.allclose(alone, full, atol=1e-5)  # padding is masked out of the pooling
+    assert torch.allclose(hf_cls, full, atol=1e-5) == (pooling == "cls")
+
+
+def test_mean_pooling_is_saved_with_the_model_and_used_after_loading(tiny_base, tmp_path):
+    from training.heads import pooling_of
+    from training.model import build_model
+    from training.predict import Classifier
+
+    tok, model = build_model(TrainConfig(data="x", base_model=str(tiny_base), pooling="mean"), TINY_LABELS)
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    texts = ["where is my card", "top up please"]
+    before = Classifier(tok, model.eval(), TINY_LABELS).predict_proba(texts)
+    loaded = Classifier.load(tmp_path, device="cpu")
+    assert pooling_of(loaded.model) == "mean"
+    np.testing.assert_allclose(loaded.predict_proba(texts), before, atol=1e-5)
 
 
 @pytest.mark.parametrize("method,extra", [("freeze", {"freeze_layers": 1}), ("head", {}),

@@ -40,6 +40,9 @@ class TrainConfig(BaseModel):
     lora_dropout: float = Field(0.1, ge=0, lt=1, description="LoRA dropout.")
     lora_target_modules: list[str] | None = Field(None, description="Module names LoRA wraps (default for BERT: "
                                                   "query, value); e.g. query key value dense.")
+    pooling: Literal["mean", "cls"] = Field("mean", description="Sentence vector the head classifies: mean of the "
+                                            "last layer's token states (how all-MiniLM-L6-v2 was trained) or the "
+                                            "BERT pooler on [CLS]. Saved with the model.")
     epochs: float = Field(6.0, gt=0, description="Maximum epochs (early stopping may end sooner).")
     batch_size: int = Field(32, ge=1, le=1024, description="Training batch size.")
     learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate (linear warm-up then linear decay).")

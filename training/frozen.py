@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from training.heads import head_logits
+
 
 def frozen_depth(model) -> int:
     """How many encoder layers, counted from the bottom, have no trainable parameter (0..L).
@@ -88,8 +90,8 @@ def collate_states(items: list[dict]) -> dict[str, torch.Tensor]:
 
 
 class TopStack(nn.Module):
-    """Encoder layers ``depth..L`` + pooler + dropout + classifier of ``model``, fed with cached
-    states; shares (does not copy) the modules, so training it trains ``model``.
+    """Encoder layers ``depth..L`` + pooling (:mod:`training.heads`) + dropout + classifier of
+    ``model``, fed with cached states; shares (does not copy) the modules, so training it trains ``model``.
 
     Args:
         model: a BERT-style ``*ForSequenceClassification`` (``base_model.encoder.layer``,
@@ -111,6 +113,6 @@ class TopStack(nn.Module):
                                            past_key_values=None)[0]
         for layer in base.encoder.layer[self.depth :]:
             hidden_states = layer(hidden_states, ext)
-        logits = self.model.classifier(self.model.dropout(base.pooler(hidden_states)))
+        logits = head_logits(self.model, hidden_states, attention_mask)
         loss = self.loss(logits, labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)

@@ -32,6 +32,8 @@ def build_model(cfg: TrainConfig, labels: list[str]):
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from training.heads import check_pooling
+
     hf_logging.set_verbosity_error()
     base = cfg.base_model or default_base_model()
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -53,6 +55,7 @@ def build_model(cfg: TrainConfig, labels: list[str]):
         for layer in encoder.encoder.layer[:depth]:
             for p in layer.parameters():
                 p.requires_grad = False
+    check_pooling(model, cfg.pooling)
     if cfg.method == "lora":
         from peft import LoraConfig, TaskType, get_peft_model
 
@@ -63,7 +66,8 @@ def build_model(cfg: TrainConfig, labels: list[str]):
 
 
 def make_optimizer(model, cfg: TrainConfig):
-    """AdamW with the newly initialised head (``classifier``, ``pooler``) at ``learning_rate *
+    """AdamW with the newly initialised head (``classifier``, ``pooler``; with mean pooling the
+    pooler is unused and gets no gradient) at ``learning_rate *
     head_lr_multiplier`` and the pretrained encoder at ``learning_rate``; no weight decay on
     biases and LayerNorm weights (the usual BERT recipe). The Trainer adds the schedule."""
     import torch

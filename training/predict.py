@@ -30,7 +30,8 @@ class Classifier:
 
     Attributes:
         tokenizer: a fast Hugging Face tokenizer.
-        model: an ``AutoModelForSequenceClassification`` in eval mode on ``device``.
+        model: an ``AutoModelForSequenceClassification`` in eval mode on ``device``; its logits
+            come from :func:`training.heads.forward_logits` (the pooling it was trained with).
         labels: label names, index i is the model's output i.
         device: ``"cpu"`` or ``"cuda"``.
         max_length: tokens kept per text (longer texts are truncated).
@@ -96,6 +97,8 @@ class Classifier:
         """
         import torch
 
+        from training.heads import forward_logits
+
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         order = np.argsort([len(t) for t in texts], kind="stable")
@@ -107,7 +110,7 @@ class Classifier:
                     [texts[i] for i in idx], padding=True, truncation=True,
                     max_length=self.max_length, return_tensors="pt",
                 ).to(self.device)
-                logits = self.model(**enc).logits.float()
+                logits = forward_logits(self.model, **enc).float()
                 out[idx] = logits.softmax(-1).cpu().numpy()
         return out
 

@@ -107,9 +107,11 @@ def fine_tune(cfg: TrainConfig, splits: DataSplits, extra_train: pd.DataFrame | 
         cache_seconds = time.perf_counter() - start
         trained, collator = TopStack(model, depth, cfg.label_smoothing), collate_states
     else:
+        from training.heads import PooledClassifier
+
         train_ds = _encode(tokenizer, train_df, label2id, cfg.max_length, cfg.padding)
         val_ds = _encode(tokenizer, val_df, label2id, cfg.max_length, cfg.padding)
-        trained, collator = model, DataCollatorWithPadding(tokenizer)
+        trained, collator = PooledClassifier(model, cfg.label_smoothing), DataCollatorWithPadding(tokenizer)
 
     def compute_metrics(pred) -> dict:
         m = classification_metrics([labels[i] for i in pred.label_ids], [labels[i] for i in pred.predictions.argmax(-1)],
@@ -122,12 +124,11 @@ def fine_tune(cfg: TrainConfig, splits: DataSplits, extra_train: pd.DataFrame | 
             per_device_eval_batch_size=128, learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_ratio,
             weight_decay=cfg.weight_decay, lr_scheduler_type=cfg.lr_scheduler, seed=cfg.seed,
             gradient_accumulation_steps=cfg.gradient_accumulation,
-            label_smoothing_factor=0.0 if trained is not model else cfg.label_smoothing,
             eval_strategy="epoch", save_strategy="epoch", logging_strategy="epoch", save_total_limit=1,
             load_best_model_at_end=True, metric_for_best_model="macro_f1", greater_is_better=True,
             train_sampling_strategy="group_by_length" if cfg.group_by_length else "random", report_to="none", disable_tqdm=not cfg.progress,
             use_cpu=device == "cpu", bf16=device == "cuda", dataloader_num_workers=0,
-            remove_unused_columns=trained is model,
+            remove_unused_columns=False,  # the wrappers take what they need (and the loss, label smoothing included)
         )
         trainer = Trainer(model=trained, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                           data_collator=collator, compute_metrics=compute_metrics,
@@ -136,7 +137,7 @@ def fine_tune(cfg: TrainConfig, splits: DataSplits, extra_train: pd.DataFrame | 
         trainer.train()
         seconds = time.perf_counter() - start
         epochs_run = float(trainer.state.epoch or 0)
-    model = trainer.model.model if trained is not model else trainer.model
+    model = trainer.model.model  # the wrapped classifier (PEFT-wrapped for lora)
     if cfg.method == "lora":
         model = model.merge_and_unload()
     model = model.to(dtype=torch.float32).eval()
