@@ -9,7 +9,8 @@ Configurations (each run in its own subprocess, so peak resident memory is per r
 * ``quick_nocache`` the same without caching the frozen layers (measures the caching gain)
 * ``full``       the default full preset (every layer trains, dynamic padding, length grouping)
 * ``reference``  the Transformers ``run_glue`` recipe on the same model and epochs: every text
-                 padded to 128 tokens, random batches (no length grouping)
+                 padded to 128 tokens, random batches (no length grouping), the
+                 ``AutoModelForSequenceClassification`` head ([CLS] pooler)
 
 Figures per configuration (mean and standard deviation over seeds): ``test_accuracy``,
 ``test_macro_f1``, ``wall_seconds`` (process start to model evaluated, data loading included),
@@ -32,7 +33,7 @@ CONFIGS = {
     "quick": ("quick", {}),
     "quick_nocache": ("quick", {"cache_frozen": False}),
     "full": ("full", {}),
-    "reference": ("full", {"padding": "max_length", "max_length": 128, "group_by_length": False}),
+    "reference": ("full", {"padding": "max_length", "max_length": 128, "group_by_length": False, "pooling": "cls"}),
 }
 
 
@@ -73,7 +74,7 @@ def overrides(args) -> dict:
         out["epochs"] = args.epochs
     if args.max_train_per_label:
         out["max_train_per_label"] = args.max_train_per_label
-    return out
+    return {**out, **json.loads(args.set)}
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -116,6 +117,8 @@ def main() -> None:
     p.add_argument("--seeds", default="0", help="comma list of seeds")
     p.add_argument("--epochs", type=float, help="override epochs (e.g. 1 for a throughput-only comparison)")
     p.add_argument("--max-train-per-label", type=int, help="cap training rows per intent (smoke runs)")
+    p.add_argument("--set", default="{}", help='JSON object of TrainConfig fields for every configuration, '
+                                               'e.g. \'{"label_smoothing": 0.1}\'')
     p.add_argument("--json", help="write the summary as JSON here")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)

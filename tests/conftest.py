@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -87,3 +89,33 @@ def banking77_dir() -> Path:
     if not (BANKING77_DIR / "train.csv").exists():
         pytest.skip(f"Banking77 not found at {BANKING77_DIR}")
     return BANKING77_DIR
+
+
+def write_intent_csv(path: Path, n_per_label: int = 12, labels=TINY_LABELS, seed: int = 0, offset: int = 0) -> None:
+    """A CSV of synthetic queries (text, category): each label's words + filler + a counter."""
+    rng = random.Random(seed)
+    words = {l: l.replace("_", " ").split() for l in labels}
+    rows = []
+    for label in labels:
+        for i in range(n_per_label):
+            filler = " ".join(rng.choice(["please", "help", "my", "the", "now", "today"]) for _ in range(3))
+            rows.append({"text": f"{' '.join(words[label])} {filler} {i + offset}", "category": label})
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+@pytest.fixture()
+def tiny_data(tmp_path) -> Path:
+    """A data folder with train.csv (12 rows per tiny label) and test.csv (3 per label)."""
+    d = tmp_path / "data"
+    d.mkdir()
+    write_intent_csv(d / "train.csv", 12)
+    write_intent_csv(d / "test.csv", 3, seed=1, offset=1000)
+    return d
+
+
+@pytest.fixture()
+def tiny_base(tmp_path) -> Path:
+    """A tiny random BERT classifier folder, usable as a base model."""
+    path = tmp_path / "tiny-base"
+    write_tiny_model(path, labels=["a", "b"])
+    return path

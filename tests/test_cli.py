@@ -47,7 +47,7 @@ def test_set_reaches_nested_fields():
 
 @pytest.mark.timeout(600)
 def test_tune_writes_a_config_train_accepts(tmp_path):
-    from test_training import _write_csv
+    from conftest import write_intent_csv as _write_csv
     from conftest import write_tiny_model
 
     data = tmp_path / "data"

@@ -74,7 +74,7 @@ def _log(traffic: TrafficLog, rows: list[tuple[str, str]], tag: str, feedback_ev
 
 @pytest.mark.timeout(300)
 def test_retrain_on_feedback_saves_and_promotes_challenger(home, tmp_path):
-    from test_training import _write_csv
+    from conftest import write_intent_csv as _write_csv
     from conftest import write_tiny_model
     from training.config import TrainConfig
     from training.train import train

@@ -10,38 +10,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import TINY_LABELS, write_tiny_model
+from conftest import TINY_LABELS, write_intent_csv as _write_csv
 from training.augment import keyboard_typos
 from training.config import TrainConfig
 from training.data import DataError, clean, data_sha256, load_splits, normalise, stratified_split
 from training.store import get_model, list_models, promote, read_champion
-
-
-def _write_csv(path: Path, n_per_label: int = 12, labels=TINY_LABELS, seed: int = 0, offset: int = 0) -> None:
-    rng = random.Random(seed)
-    words = {l: l.replace("_", " ").split() for l in labels}
-    rows = []
-    for label in labels:
-        for i in range(n_per_label):
-            filler = " ".join(rng.choice(["please", "help", "my", "the", "now", "today"]) for _ in range(3))
-            rows.append({"text": f"{' '.join(words[label])} {filler} {i + offset}", "category": label})
-    pd.DataFrame(rows).to_csv(path, index=False)
-
-
-@pytest.fixture()
-def tiny_data(tmp_path) -> Path:
-    d = tmp_path / "data"
-    d.mkdir()
-    _write_csv(d / "train.csv", 12)
-    _write_csv(d / "test.csv", 3, seed=1, offset=1000)
-    return d
-
-
-@pytest.fixture()
-def tiny_base(tmp_path) -> Path:
-    path = tmp_path / "tiny-base"
-    write_tiny_model(path, labels=["a", "b"])
-    return path
 
 
 def test_missing_path_and_columns_give_clear_errors(tmp_path, tiny_data):

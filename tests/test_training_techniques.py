@@ -3,35 +3,17 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from conftest import TINY_LABELS, write_tiny_model
-from test_training import _write_csv
+from conftest import TINY_LABELS
 from training.augment import AugmentConfig, augment, char_swaps, synonym_replace, word_dropout
 from training.config import TrainConfig
 from training.data import DataError, load_splits, near_duplicate_key, normalise_label
 from training.evaluate import expected_calibration_error
-
-
-@pytest.fixture()
-def tiny_data(tmp_path) -> Path:
-    d = tmp_path / "data"
-    d.mkdir()
-    _write_csv(d / "train.csv", 12)
-    _write_csv(d / "test.csv", 3, seed=1, offset=1000)
-    return d
-
-
-@pytest.fixture()
-def tiny_base(tmp_path) -> Path:
-    path = tmp_path / "tiny-base"
-    write_tiny_model(path, labels=["a", "b"])
-    return path
 
 
 def test_cleaning_labels_control_chars_length_and_leakage_policies(tmp_path):
