@@ -7,9 +7,12 @@ Configurations (each run in its own subprocess, so peak resident memory is per r
 
 * ``quick``      the quick preset (demo and retraining loop): bottom 3 layers frozen and cached
 * ``quick_nocache`` the same without caching the frozen layers (measures the caching gain)
-* ``full``       the default full preset (every layer trains, dynamic padding, length grouping)
-* ``reference``  the Transformers ``run_glue`` recipe on the same model and epochs: every text
-                 padded to 128 tokens, random batches (no length grouping), the
+* ``full``       the default (``tuneloop train``) preset: embeddings + 2 bottom layers frozen and
+                 cached, mean pooling, dynamic padding, length grouping
+* ``all_layers`` every weight trains (mean pooling, dynamic padding, length grouping)
+* ``reference``  the Transformers ``run_glue`` recipe with the same model and hyperparameters as
+                 ``full`` (epochs, learning rate, batch size, label smoothing): every weight trains,
+                 every text padded to 128 tokens, random batches (no length grouping), the
                  ``AutoModelForSequenceClassification`` head ([CLS] pooler)
 
 Figures per configuration (mean and standard deviation over seeds): ``test_accuracy``,
@@ -33,7 +36,9 @@ CONFIGS = {
     "quick": ("quick", {}),
     "quick_nocache": ("quick", {"cache_frozen": False}),
     "full": ("full", {}),
-    "reference": ("full", {"padding": "max_length", "max_length": 128, "group_by_length": False, "pooling": "cls"}),
+    "all_layers": ("all_layers", {}),
+    "reference": ("full", {"method": "full", "padding": "max_length", "max_length": 128, "group_by_length": False,
+                           "pooling": "cls"}),
 }
 
 

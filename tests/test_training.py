@@ -139,3 +139,12 @@ def test_config_validation_and_yaml(tmp_path):
     with pytest.raises(ValueError):
         TrainConfig.from_yaml(y)
     assert TrainConfig.for_preset("quick", data="x").freeze_layers > 0
+
+
+def test_presets_and_an_explicit_method_on_top():
+    full = TrainConfig.for_preset("full", data="x")
+    assert (full.method, full.freeze_layers, full.pooling, full.label_smoothing) == ("freeze", 2, "mean", 0.1)
+    every = TrainConfig.for_preset("full", data="x", method="full")  # the preset's frozen depth does not apply
+    assert every.method == "full" and every.freeze_layers == 0
+    assert TrainConfig.for_preset("all_layers", data="x").method == "full"
+    assert TrainConfig(data="x", method="lora", freeze_layers=2).method == "lora"  # no silent switch to freeze
