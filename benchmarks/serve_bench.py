@@ -10,7 +10,9 @@ Banking77 test queries, one per request, from :mod:`serving.loadgen` on 127.0.0.
   with ``--workers`` inference workers;
 * ``service_off``: the same with the traffic log and metrics off (``TUNELOOP_TRAFFIC_LOG=0``,
   ``TUNELOOP_METRICS=0``);
-* ``service_int8`` / ``service_bf16``: the same with ``TUNELOOP_QUANTIZE=int8`` / ``bf16``;
+* ``service_int8`` / ``service_bf16``: the same with ``TUNELOOP_QUANTIZE=int8`` / ``bf16``
+  (``service`` and ``service_off`` are pinned to fp32 with ``TUNELOOP_QUANTIZE=none``; the
+  default ``auto`` serves bf16 on a CPU with native bf16, i.e. ``service_bf16``);
 * ``naive``: ``serve_naive.py`` (FastAPI, one forward pass per request, on its thread pool);
 * ``ceiling`` / ``ceiling_int8``: no HTTP: ``--workers`` threads in this process, each running
   the service's batched prediction on batch after batch of 32 random test queries (the largest
@@ -122,7 +124,8 @@ def run(args: argparse.Namespace) -> dict:
     model = ensure_model(home, args.data)
     texts, labels = test_queries(args.data)
     env = {"TUNELOOP_TORCH_THREADS": str(args.threads), "TUNELOOP_INFERENCE_WORKERS": str(args.workers),
-           "TUNELOOP_POLL_SECONDS": "3600"}
+           "TUNELOOP_POLL_SECONDS": "3600",
+           "TUNELOOP_QUANTIZE": "none"}  # fp32 unless a variant says otherwise (auto may pick bf16 on this CPU)
     report = {"settings": {**vars(args), "data": str(args.data), "home": str(args.home), "json": str(args.json),
                            "model": model.tag, "cpu_count": os.cpu_count()},
               "load_avg_at_start": wait_for_quiet(args.max_load, args.max_wait_s)}

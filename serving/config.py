@@ -75,9 +75,10 @@ class ServeConfig(BaseModel):
         quantize: ``"int8"``: serve with dynamic int8 quantisation of every ``nn.Linear`` (CPU;
             see :meth:`training.predict.Classifier.load`); ``"bf16"``: weights and activations
             in bfloat16 (fast only on CPUs with AVX512-BF16 or AMX, and on GPUs, which use bf16
-            anyway); ``"none"``: the weights as saved (fp32 on CPU); ``"auto"``: int8 when the
-            model was trained for it (``serving_quantization: int8`` in its metadata, ``tuneloop
-            train --quantize int8``) and no GPU is present, else as saved.
+            anyway); ``"none"``: the weights as saved (fp32 on CPU); ``"auto"``: on CPU, int8 when
+            the model was trained for it (``serving_quantization: int8`` in its metadata,
+            ``tuneloop train --quantize int8``), else bf16 when the CPU computes it natively
+            (:func:`serving.champion.cpu_has_native_bf16`), else fp32; on a GPU, bf16.
         traffic_log: log every prediction to ``traffic.db`` (off only for benchmarks: the
             monitor and ``/feedback`` need the log).
         log_sync: SQLite ``synchronous`` for the traffic log. ``normal``: a commit survives a

@@ -243,6 +243,10 @@ def test_quantisation_follows_the_setting_and_the_model(tmp_path, monkeypatch):
 
     monkeypatch.setattr(champion, "pick_device", lambda: "cpu")
     assert champion.resolve_quantize("auto", {"serving_quantization": "int8"}) == "int8"
+    assert isinstance(champion.cpu_has_native_bf16(), bool)
+    monkeypatch.setattr(champion, "cpu_has_native_bf16", lambda: True)
+    assert champion.resolve_quantize("auto", {}) == "bf16"
+    monkeypatch.setattr(champion, "cpu_has_native_bf16", lambda: False)
     assert champion.resolve_quantize("auto", {}) is None
     assert champion.resolve_quantize("none", {"serving_quantization": "int8"}) is None
     assert champion.resolve_quantize("int8", {}) == "int8" and champion.resolve_quantize("bf16", {}) == "bf16"
