@@ -79,7 +79,7 @@ def train(
     data: Optional[str] = typer.Option(None, "--data", help="Folder with train.csv|jsonl|parquet (+ test.*), one file, or hf:NAME."),
     config: Optional[Path] = typer.Option(None, "--config", exists=True, dir_okay=False,
                                           help="YAML file of training fields; command-line options override it."),
-    preset: str = typer.Option("full", "--preset", help="full (the most accurate measured recipe, ~10 min on 2 CPU "
+    preset: str = typer.Option("full", "--preset", help="full (the most accurate measured recipe, ~14 min on 2 CPU "
                                "cores), quick (~3 min; the demo and retraining use it) or all_layers (every weight trains)."),
     text_column: Optional[str] = typer.Option(None, help="Text column (default: text)."),
     label_column: Optional[str] = typer.Option(None, help="Label column (default: category)."),
