@@ -152,15 +152,11 @@ def batch_stats(before: dict[str, float], after: dict[str, float]) -> dict:
 
 def precision_accuracy(model_dir: Path, texts: list[str], labels: list[str]) -> dict:
     """Test accuracy of the model in fp32, int8 and bf16 on ``texts`` (in process)."""
-    import torch
-
     from training.predict import Classifier
 
     out = {}
     for name in ("fp32", "int8", "bf16"):
-        clf = Classifier.load(model_dir, device="cpu", quantize="int8" if name == "int8" else None)
-        if name == "bf16":
-            clf.model.to(torch.bfloat16)
+        clf = Classifier.load(model_dir, device="cpu", quantize=None if name == "fp32" else name)
         pred, _ = clf.predict(texts)
         out[name] = round(float(np.mean([p == y for p, y in zip(pred, labels)])), 4)
     for name in ("int8", "bf16"):

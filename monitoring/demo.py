@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from monitoring.demo_data import Query, build_pools, make_queries, write_training_data
 from monitoring.demo_report import build_report
 from monitoring.replay import Replayer
-from serving.launch import free_port, running_server
+from serving.launch import free_port, running_server, stop_server
 from training.config import TrainConfig
 from training.data import clean, normalise, read_source
 from training.home import Home
@@ -103,12 +103,7 @@ def monitor_process(home: Home, cfg: DemoConfig, preset: str) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{port}/metrics"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+        stop_server(proc, timeout_s=30)
 
 
 def _retraining(metrics_url: str) -> bool:

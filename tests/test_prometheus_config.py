@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from serving.launch import stop_server
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROM_DIR = REPO_ROOT / "monitoring" / "prometheus"
 GRAFANA_DIR = REPO_ROOT / "monitoring" / "grafana"
@@ -87,12 +89,7 @@ def running_prometheus(config_path: Path, data_dir: Path, port: int, log_path: P
             raise RuntimeError(f"prometheus not ready after 60 s: {log_path.read_text()[-2000:]}")
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_server(proc, timeout_s=20)
 
 
 def _promtool(*args: str) -> subprocess.CompletedProcess:

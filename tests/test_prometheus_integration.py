@@ -16,6 +16,7 @@ import httpx
 import pytest
 import yaml
 
+from serving.launch import stop_server
 from test_prometheus_config import (PROM_DIR, dashboard_queries, expand, load_dashboard, require_binary,
                                     running_prometheus)
 
@@ -48,11 +49,7 @@ def monitor_process(home, port: int, tmp_path) -> Iterator[subprocess.Popen]:
             time.sleep(0.5)
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc, timeout_s=30)
         log.close()
 
 
