@@ -18,6 +18,30 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from training.heads import head_logits
 
 
+def run_layers(base, hidden: torch.Tensor, attention_mask: torch.Tensor, layers) -> torch.Tensor:
+    """Run encoder ``layers`` (a slice of ``base.encoder.layer``) on ``hidden (b, t, h)``.
+
+    The layers' attention mask is built by ``transformers.masking_utils.create_bidirectional_mask``,
+    the public function BERT-style encoders use in their own ``forward`` (transformers >= 5.20), so
+    the result equals the uncached model's (``tests/test_training_techniques.py`` checks it).
+
+    Args:
+        base: the encoder (``model.base_model``), for its config.
+        hidden: token states entering the first of ``layers``, ``(b, t, h)``.
+        attention_mask: ``(b, t)``, 1 for real tokens, 0 for padding.
+        layers: the encoder layers to apply, bottom first.
+
+    Returns:
+        The token states after the last layer, ``(b, t, h)``.
+    """
+    from transformers.masking_utils import create_bidirectional_mask
+
+    mask = create_bidirectional_mask(config=base.config, inputs_embeds=hidden, attention_mask=attention_mask)
+    for layer in layers:
+        hidden = layer(hidden, attention_mask=mask)
+    return hidden
+
+
 def frozen_depth(model) -> int:
     """How many encoder layers, counted from the bottom, have no trainable parameter (0..L).
 
@@ -52,11 +76,7 @@ def cache_hidden_states(model, input_ids: list[list[int]], depth: int, batch_siz
             ids[row, : len(input_ids[i])] = torch.tensor(input_ids[i])
             mask[row, : len(input_ids[i])] = 1
         ids, mask = ids.to(device), mask.to(device)
-        hidden = base.embeddings(input_ids=ids)
-        ext = base._create_attention_masks(attention_mask=mask, encoder_attention_mask=None, embedding_output=hidden,
-                                           encoder_hidden_states=None, past_key_values=None)[0]
-        for layer in base.encoder.layer[:depth]:
-            hidden = layer(hidden, ext)
+        hidden = run_layers(base, base.embeddings(input_ids=ids), mask, base.encoder.layer[:depth])
         hidden = hidden.float().cpu()
         for row, i in enumerate(idx):
             out[i] = hidden[row, : len(input_ids[i])].clone()
@@ -108,11 +128,7 @@ class TopStack(nn.Module):
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor,
                 labels: torch.Tensor | None = None) -> SequenceClassifierOutput:
         base = self.model.base_model
-        ext = base._create_attention_masks(attention_mask=attention_mask, encoder_attention_mask=None,
-                                           embedding_output=hidden_states, encoder_hidden_states=None,
-                                           past_key_values=None)[0]
-        for layer in base.encoder.layer[self.depth :]:
-            hidden_states = layer(hidden_states, ext)
+        hidden_states = run_layers(base, hidden_states, attention_mask, base.encoder.layer[self.depth :])
         logits = head_logits(self.model, hidden_states, attention_mask)
         loss = self.loss(logits, labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)

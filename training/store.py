@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from training import bentoml_model_store
 from training.home import Home
 
 DEFAULT_MODEL_NAME = "tuneloop-classifier"
@@ -31,14 +32,6 @@ REFERENCE_FILE = "reference.jsonl"
 
 class ModelNotFoundError(LookupError):
     """No model with that tag in the home's store, or no champion chosen yet."""
-
-
-def model_store(home: Home):
-    """The BentoML ``ModelStore`` of this home (``<home>/bentoml/models``), independent of ``$BENTOML_HOME``."""
-    from bentoml._internal.models import ModelStore  # public functions take it as `_model_store`
-
-    home.models_dir.mkdir(parents=True, exist_ok=True)
-    return ModelStore(home.models_dir)
 
 
 def save_model(
@@ -62,11 +55,8 @@ def save_model(
     Returns:
         The new tag, ``"<name>:<version>"``.
     """
-    import bentoml
-
-    with bentoml.models.create(
-        name, labels=labels or {}, metadata=_drop_none(metadata), _model_store=model_store(home)
-    ) as ref:
+    with bentoml_model_store.create_model(home.models_dir, name, labels=labels or {},
+                                          metadata=_drop_none(metadata)) as ref:
         write(Path(ref.path))
     return str(ref.tag)
 
@@ -86,22 +76,20 @@ def get_model(home: Home, tag: str):
     Raises:
         ModelNotFoundError: no such tag in this home's store.
     """
-    import bentoml
     from bentoml.exceptions import NotFound
 
     try:
-        return bentoml.models.get(tag, _model_store=model_store(home))
+        return bentoml_model_store.get_model(home.models_dir, tag)
     except NotFound as exc:
         raise ModelNotFoundError(f"model {tag!r} is not in the store at {home.models_dir}") from exc
 
 
 def list_models(home: Home, name: str = DEFAULT_MODEL_NAME) -> list:
     """All stored versions of ``name``, oldest first (empty list when there are none)."""
-    import bentoml
     from bentoml.exceptions import NotFound
 
     try:
-        models = bentoml.models.list(name, _model_store=model_store(home))
+        models = bentoml_model_store.list_models(home.models_dir, name)
     except NotFound:
         return []
     return sorted(models, key=lambda m: m.info.creation_time)
