@@ -114,16 +114,95 @@ def _retraining(metrics_url: str) -> bool:
     return any(line.startswith("tuneloop_monitor_retraining ") and not line.endswith(" 0.0") for line in text.splitlines())
 
 
+class DemoFailed(RuntimeError):
+    """The demo stopped before its report was written.
+
+    Attributes:
+        stage: where it stopped (``initial training``, ``starting the service``, a phase name, ...).
+        run_dir: the run folder, renamed ``demo-<time>.failed`` (logs kept, ``error.txt`` says why).
+    """
+
+    def __init__(self, stage: str, run_dir: Path, cause: BaseException) -> None:
+        self.stage, self.run_dir = stage, run_dir
+        super().__init__(f"the demo failed during {stage}: {type(cause).__name__}: {cause}; "
+                         f"logs and partial state kept in {run_dir}")
+
+
+FAILED_SUFFIX = ".failed"
+PID_FILE = "demo.pid"
+
+
+def mark_failed(run_dir: Path, reason: str) -> Path:
+    """Rename an unfinished run folder to ``<name>.failed`` and write ``error.txt`` in it.
+
+    A finished run is recognisable by its ``report.json``; a failed one by its suffix, so neither
+    ``tuneloop`` nor a person mistakes it for a complete run. Returns the new path.
+    """
+    target = run_dir.with_name(run_dir.name + FAILED_SUFFIX)
+    run_dir.rename(target)
+    (target / "error.txt").write_text(reason.rstrip() + "\n")
+    return target
+
+
+def sweep_interrupted_runs(runs_dir: Path) -> list[Path]:
+    """Mark as failed the run folders of demos that died without a report (killed, machine lost).
+
+    A folder counts as interrupted when it has no ``report.json`` and the process in its
+    ``demo.pid`` is gone. Returns the renamed folders.
+    """
+    swept = []
+    for run_dir in sorted(runs_dir.glob("demo-*")):
+        if run_dir.name.endswith(FAILED_SUFFIX) or (run_dir / "report.json").exists():
+            continue
+        try:
+            pid = int((run_dir / PID_FILE).read_text())
+            os.kill(pid, 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except (OSError, ValueError):
+            pass  # no pid file (an older or hand-made folder): treat as interrupted
+        swept.append(mark_failed(run_dir, "interrupted: the demo process ended before writing report.json"))
+    return swept
+
+
 def run_demo(cfg: DemoConfig, home: Home) -> tuple[dict, Path]:
-    """Run the demo; returns ``(report, run_dir)``. See the module docstring."""
+    """Run the demo; returns ``(report, run_dir)``. See the module docstring.
+
+    Raises:
+        DemoFailed: any stage failed (or was interrupted); the run folder is then renamed
+            ``<run>.failed`` with ``error.txt``, so no half-made run looks like a complete one.
+    """
     cfg = cfg.resolved()
     started = time.time()
+    train_df, test_df = load_banking77(cfg.data)  # bad input fails here, before any run folder exists
+    pools = build_pools(train_df, test_df, cfg.scarce_intents, cfg.scarce_examples, cfg.seed)
+    home.runs_dir.mkdir(parents=True, exist_ok=True)
+    for swept in sweep_interrupted_runs(home.runs_dir):
+        log.warning("an earlier demo run was interrupted: moved to %s", swept)
     run_dir = home.runs_dir / time.strftime("demo-%Y%m%d-%H%M%S")
     run_home = Home(run_dir).ensure()
-    train_df, test_df = load_banking77(cfg.data)
-    pools = build_pools(train_df, test_df, cfg.scarce_intents, cfg.scarce_examples, cfg.seed)
+    (run_dir / PID_FILE).write_text(str(os.getpid()))
+    stage = ["writing the training data"]
+    try:
+        report = _run_stages(cfg, run_dir, run_home, pools, test_df, started, stage)
+    except BaseException as exc:
+        import traceback
+
+        failed = mark_failed(run_dir, f"stage: {stage[0]}\n\n{traceback.format_exc()}")
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise DemoFailed(stage[0], failed, exc) from exc
+    (run_dir / PID_FILE).unlink(missing_ok=True)
+    return report, run_dir
+
+
+def _run_stages(cfg: DemoConfig, run_dir: Path, run_home: Home, pools, test_df, started: float,
+                stage: list[str]) -> dict:
+    """The demo's stages in order; ``stage[0]`` names the one running (for the failure message)."""
     data_dir = write_training_data(pools, run_dir / "data")
     preset = "quick" if cfg.quick else "full"
+    stage[0] = "initial training"
     log.info("initial training (%s preset) on %d rows", preset, len(pools.initial_train))
     initial = train(TrainConfig.for_preset(preset, data=str(data_dir), seed=cfg.seed), run_home)
     rng = random.Random(cfg.seed)
@@ -134,10 +213,12 @@ def run_demo(cfg: DemoConfig, home: Home) -> tuple[dict, Path]:
             yield from make_queries(pools, 50, cfg.drift_scarce_share, cfg.typo_share, rng)
 
     env = {"TUNELOOP_POLL_SECONDS": "1", "TUNELOOP_MAX_LATENCY_MS": "60000"}
+    stage[0] = "starting the service and the monitor"
     with running_server(run_home, env=env, ready_timeout=180) as server, \
             monitor_process(run_home, cfg, preset) as metrics_url:
         replay = Replayer(server.url, clients=cfg.clients, feedback_share=cfg.feedback_share, seed=cfg.seed)
         try:
+            stage[0] = "phase in_distribution"
             replay.run("in_distribution", iter(queries_in), rate=lambda: cfg.rate)
             deadline = time.time() + cfg.timeout_minutes * 60
             state = {"checked": 0.0, "retraining": False}
@@ -151,13 +232,16 @@ def run_demo(cfg: DemoConfig, home: Home) -> tuple[dict, Path]:
                 last = replay.outcomes[-cfg.clients * 2:]
                 return time.time() > deadline or any(o.ok and o.model_tag != initial.tag for o in last)
 
+            stage[0] = "phase drift (waiting for detection, retraining and the swap)"
             replay.run("drift", drift_queries(), rate=drift_rate, stop=swapped, max_requests=cfg.max_drift_requests)
             if any(o.ok and o.model_tag != initial.tag for o in replay.outcomes):
+                stage[0] = "phase after_retrain"
                 replay.run("after_retrain", drift_queries(), rate=lambda: cfg.rate,
                            max_requests=cfg.after_retrain_requests)
             time.sleep(cfg.monitor_interval * 2)  # let the monitor judge the last window
         finally:
             replay.close()
+    stage[0] = "writing the report"
     report = build_report(cfg, run_home, pools, initial, test_df, replay.outcomes, started)
     (run_dir / "report.json").write_text(json.dumps(report, indent=1, default=float))
-    return report, run_dir
+    return report

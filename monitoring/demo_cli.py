@@ -69,7 +69,7 @@ def demo(
     """
     from pydantic import ValidationError
 
-    from monitoring.demo import DemoConfig, run_demo
+    from monitoring.demo import DemoConfig, DemoFailed, run_demo
     from training.data import DataError
     from training.home import Home
 
@@ -83,6 +83,10 @@ def demo(
     except (ValidationError, DataError, ValueError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from exc
+    except DemoFailed as exc:
+        typer.secho(f"error: {exc}\n(the traceback is in {exc.run_dir / 'error.txt'}; the service and monitor "
+                    f"logs in {exc.run_dir / 'logs'})", fg="red", err=True)
+        raise typer.Exit(1) from exc
     print_summary(report, run_dir)
     if not all(report["checks"].values()):
         raise typer.Exit(1)
