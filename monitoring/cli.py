@@ -26,9 +26,12 @@ app = typer.Typer(
 
 @app.callback()
 def _main() -> None:
-    """Runs before every subcommand: opt out of telemetry (nothing here phones home)."""
+    """Runs before every subcommand: opt out of telemetry (nothing here phones home); off a
+    terminal, no library progress bars (see ``training.progress``)."""
+    from training.progress import QUIET_BARS_ENV, on_terminal
+
     for var, value in (("BENTOML_DO_NOT_TRACK", "true"), ("DO_NOT_TRACK", "1"), ("HF_HUB_DISABLE_TELEMETRY", "1"),
-                       ("TOKENIZERS_PARALLELISM", "false")):
+                       ("TOKENIZERS_PARALLELISM", "false"), *(() if on_terminal() else QUIET_BARS_ENV.items())):
         os.environ.setdefault(var, value)
 
 

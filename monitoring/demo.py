@@ -36,6 +36,7 @@ from serving.launch import free_port, running_server, stop_server
 from training.config import TrainConfig
 from training.data import clean, normalise, read_source
 from training.home import Home
+from training.progress import QUIET_BARS_ENV
 from training.train import train
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,8 @@ def monitor_process(home: Home, cfg: DemoConfig, preset: str) -> Iterator[str]:
     with open(log_path, "ab") as log_fh:
         proc = subprocess.Popen([sys.executable, "-m", "monitoring.cli", "monitor", "--home", str(home.root),
                                  "--config", str(config_path)], stdout=log_fh, stderr=subprocess.STDOUT,
-                                env={**{k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}, **home.env()})
+                                env={**QUIET_BARS_ENV, **{k: v for k, v in os.environ.items()
+                                                          if k != "PROMETHEUS_MULTIPROC_DIR"}, **home.env()})
     try:
         yield f"http://127.0.0.1:{port}/metrics"
     finally:

@@ -103,7 +103,8 @@ def retrain_and_gate(home: Home, champion_tag: str, labelled: pd.DataFrame, cfg:
                                                           "max_length", "val_fraction", "test_fraction", "seed",
                                                           "max_train_per_label", "model_name", "reference_size",
                                                           "max_text_chars", "label_normalisation", "leakage")})
-    train_cfg = base.model_copy(update={**cfg.overrides, "progress": False})
+    # progress lines (one per 10 s off a terminal, training.progress) go to the monitor's log
+    train_cfg = base.model_copy(update={**cfg.overrides, "progress": True})
     splits = load_splits_for(train_cfg)
     fb_train, fb_held = split_feedback(labelled, cfg.holdout_feedback_fraction)
     fb_train = fb_train[fb_train["label"].isin(splits.labels)]

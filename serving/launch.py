@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from training.home import Home
+from training.progress import QUIET_BARS_ENV
 
 SERVICE_IMPORT = "serving.service:TuneloopService"
 DEFAULT_HOST = "127.0.0.1"
@@ -165,7 +166,8 @@ def running_server(
 ) -> Iterator[ServerHandle]:
     """Run the service in a background ``bentoml serve`` until the ``with`` block ends.
 
-    The child's stdout and stderr go to ``<home>/logs/serve-<port>.log``.
+    The child's stdout and stderr go to ``<home>/logs/serve-<port>.log`` (so library progress bars
+    are off there: ``training.progress.QUIET_BARS_ENV``).
 
     Args:
         home: the tuneloop home to serve.
@@ -187,7 +189,7 @@ def running_server(
     url = f"http://{host}:{port}"
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
-            serve_command(home, host, port), env=serve_env(home, env), cwd=REPO_ROOT,
+            serve_command(home, host, port), env={**QUIET_BARS_ENV, **serve_env(home, env)}, cwd=REPO_ROOT,
             stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
     try:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import write_intent_csv
+from conftest import write_intent_csv
 
 
 def _banking77_like(tmp_path):

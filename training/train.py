@@ -81,6 +81,8 @@ def fine_tune(cfg: TrainConfig, splits: DataSplits, extra_train: pd.DataFrame | 
     text/label), early-stop on ``splits.validation`` macro F1, evaluate on ``splits.test``.
     ``callbacks`` are extra ``TrainerCallback``s (the tuner's pruning). Nothing is saved."""
     import torch
+    from training.progress import on_terminal
+    from training.progress_lines import ProgressLines
     from transformers import (DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments,
                               set_seed)
 
@@ -126,14 +128,17 @@ def fine_tune(cfg: TrainConfig, splits: DataSplits, extra_train: pd.DataFrame | 
             gradient_accumulation_steps=cfg.gradient_accumulation,
             eval_strategy="epoch", save_strategy="epoch", logging_strategy="epoch", save_total_limit=1,
             load_best_model_at_end=True, metric_for_best_model="macro_f1", greater_is_better=True,
-            train_sampling_strategy="group_by_length" if cfg.group_by_length else "random", report_to="none", disable_tqdm=not cfg.progress,
+            train_sampling_strategy="group_by_length" if cfg.group_by_length else "random", report_to="none",
+            disable_tqdm=not (cfg.progress and on_terminal()),  # bars redraw in place on a terminal only
             use_cpu=device == "cpu", bf16=device == "cuda", dataloader_num_workers=0,
             remove_unused_columns=False,  # the wrappers take what they need (and the loss, label smoothing included)
         )
         trainer = Trainer(model=trained, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                           data_collator=collator, compute_metrics=compute_metrics,
                           optimizers=(make_optimizer(trained, cfg), None),
-                          callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience), *(callbacks or [])])
+                          callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience),
+                                     *([ProgressLines()] if cfg.progress and not on_terminal() else []),
+                                     *(callbacks or [])])
         trainer.train()
         seconds = time.perf_counter() - start
         epochs_run = float(trainer.state.epoch or 0)
