@@ -9,8 +9,10 @@ for testing them together (statistics in :mod:`monitoring.drift_stats`):
 * ``descriptor_drift``: Evidently text descriptors -- ``TextLength``, ``NonLetterCharacterPercentage``
   and the share of words out of the tokenizer's vocabulary (``CustomColumnDescriptor``; Evidently's own
   OOV descriptor needs an NLTK download) -- each K-S tested; value = min p-value x 3 (Bonferroni).
-* ``embedding_drift``: ``EmbeddingsDrift`` on the champion's own sentence embeddings (method chosen by
-  measurement, ``DriftConfig.embedding_method``); p-value by permutation (or the AUC null for ``model``).
+* ``embedding_drift``: one of Evidently's embedding drift methods on the champion's own sentence
+  embeddings (method chosen by measurement, ``DriftConfig.embedding_method``; its report section is our
+  ``EmbeddingsDriftScore`` metric, without Evidently's t-SNE map); p-value by permutation (or the AUC
+  null for ``model``).
 * ``label_drift``: predicted-label distribution, a permutation chi-square registered as an Evidently
   stattest (Evidently's default chi-square fires on 36-55 % of same-distribution 100-200 row windows
   over 77 intents); the Jensen-Shannon distance goes into ``details``.
@@ -131,8 +133,8 @@ def compute_signals(reference: pd.DataFrame, current: pd.DataFrame, config: Drif
             Without both, ``embedding_drift`` is reported as not computed (p-value None).
         calibration: the champion's confidence calibration; without it no estimated accuracy.
         vocab: the tokenizer's vocabulary for the OOV descriptor; default: the shipped MiniLM's.
-        with_report: False skips Evidently's Report (no snapshot) and computes the same numbers with
-            Evidently's stattest functions directly (benchmarks judging thousands of windows).
+        with_report: False skips Evidently's Report (no snapshot) and computes the same numbers
+            directly (``drift_report.evidently_values``; benchmarks judging thousands of windows).
 
     Returns:
         WindowReport with the signals in ``ALL_SIGNALS`` order and the snapshot.

@@ -9,7 +9,12 @@ Every test returns a p-value so that the policy can correct for testing several 
   and the ``model`` embedding method);
 * :func:`embedding_test`: reference vs current sentence embeddings by Evidently's three methods
   (``model``, ``mmd``, ``distance``), each given a p-value (permutation null, or the AUC null);
+* :func:`text_domain_auc`: Evidently's text drift value (its domain classifier's held-out ROC AUC),
+  computed without a Report;
 * :func:`text_descriptors`: per-text length, out-of-vocabulary share and non-letter share.
+
+The domain classifiers replay Evidently's unpublished settings (split, classifiers), which live in
+:mod:`monitoring.evidently_bridge` with a test that checks them against the installed Evidently.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import numpy as np
+
+from monitoring.evidently_bridge import (DOMAIN_SPLIT, EMBEDDING_CLASSIFIER, TEXT_CLASSIFIER, TEXT_RANDOM_CLASSIFIERS,
+                                         TEXT_VECTORIZER)
 
 EmbeddingMethod = Literal["model", "mmd", "distance"]
 _WORD = re.compile(r"[a-z]+")
@@ -69,12 +77,12 @@ def js_distance(reference: Iterable, current: Iterable) -> float:
 def auc_null_sd(n_ref: int, n_cur: int) -> float:
     """Standard deviation of a held-out ROC AUC under H0: the Mann-Whitney U null variance / (n0 n1)^2.
 
-    Replays Evidently's 50/50 ``train_test_split(random_state=42)`` (text drift and the ``model``
-    embedding method both use it) to get the held-out class sizes.
+    The held-out class sizes are those of Evidently's domain-classifier split
+    (``evidently_bridge.DOMAIN_SPLIT``; text drift and the ``model`` embedding method both use it).
     """
     from sklearn.model_selection import train_test_split
 
-    y_test = train_test_split(np.r_[np.zeros(n_ref), np.ones(n_cur)], test_size=0.5, random_state=42)[1]
+    y_test = train_test_split(np.r_[np.zeros(n_ref), np.ones(n_cur)], **DOMAIN_SPLIT)[1]
     n1 = int(y_test.sum())
     n0 = len(y_test) - n1
     return math.sqrt((n0 + n1 + 1) / (12 * max(n0, 1) * max(n1, 1)))
@@ -123,6 +131,61 @@ def _mmd2u(kernel: np.ndarray, z: np.ndarray) -> np.ndarray:
     return s_rr / (n_ref * (n_ref - 1)) + s_cc / (n_cur * (n_cur - 1)) - 2 * s_cr / (n_ref * n_cur)
 
 
+def _embedding_arrays(reference: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ref, cur = np.asarray(reference, dtype=np.float32), np.asarray(current, dtype=np.float32)
+    if ref.ndim != 2 or cur.ndim != 2 or ref.shape[1] != cur.shape[1]:
+        raise ValueError(f"embeddings must be 2-D with equal widths, got {ref.shape} and {cur.shape}")
+    return ref, cur
+
+
+def _model_auc(ref: np.ndarray, cur: np.ndarray) -> float:
+    """Held-out ROC AUC of Evidently's SGD domain classifier (reference labelled 1) on its 50/50 split."""
+    from sklearn.linear_model import SGDClassifier
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import train_test_split
+
+    y = np.r_[np.ones(len(ref)), np.zeros(len(cur))]
+    x_tr, x_te, y_tr, y_te = train_test_split(np.vstack([ref, cur]), y, **DOMAIN_SPLIT)
+    clf = SGDClassifier(**EMBEDDING_CLASSIFIER).fit(x_tr, y_tr)
+    return float(roc_auc_score(y_te, clf.predict_proba(x_te)[:, 1]))
+
+
+def _rbf_kernel(ref: np.ndarray, cur: np.ndarray) -> np.ndarray:
+    """RBF kernel of the pooled rows (reference first), median-distance bandwidth as in Evidently."""
+    from sklearn.metrics import pairwise_distances, pairwise_kernels
+
+    sigma2 = float(np.median(pairwise_distances(ref[:1000], cur[:1000]))) ** 2
+    return pairwise_kernels(np.vstack([ref, cur]), metric="rbf", gamma=1.0 / max(sigma2, 1e-12))
+
+
+def _observed_mmd2u(kernel: np.ndarray, n_ref: int, n_cur: int) -> float:
+    return float(_mmd2u(kernel, np.r_[np.zeros(n_ref), np.ones(n_cur)][None, :])[0])
+
+
+def embedding_statistic(reference: np.ndarray, current: np.ndarray, method: EmbeddingMethod = "distance") -> float:
+    """The statistic of :func:`embedding_test` alone (no null): what the report's embedding section shows.
+
+    Args:
+        reference: reference embeddings, shape (n_ref, d).
+        current: window embeddings, shape (n_cur, d).
+        method: ``distance``, ``mmd`` or ``model`` (see :func:`embedding_test`).
+
+    Returns:
+        The number Evidently's method reports (the unbiased MMD^2 clipped at 0 for ``mmd``).
+
+    Raises:
+        ValueError: unknown method or mismatched dimensions.
+    """
+    ref, cur = _embedding_arrays(reference, current)
+    if method == "model":
+        return _model_auc(ref, cur)
+    if method == "distance":
+        return float(np.linalg.norm(cur.mean(axis=0) - ref.mean(axis=0)))
+    if method == "mmd":
+        return max(_observed_mmd2u(_rbf_kernel(ref, cur), len(ref), len(cur)), 0.0)
+    raise ValueError(f"unknown embedding method {method!r}; use model, mmd or distance")
+
+
 def embedding_test(reference: np.ndarray, current: np.ndarray, method: EmbeddingMethod = "distance",
                    n_permutations: int = 2000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float, float]:
     """Embedding drift by one of Evidently's methods, with a p-value.
@@ -139,44 +202,66 @@ def embedding_test(reference: np.ndarray, current: np.ndarray, method: Embedding
         alpha: level of the returned cutoff.
 
     Returns:
-        (statistic, p-value, cutoff): the statistic is the number Evidently's method reports; the cutoff
-        is the null's (1 - alpha) quantile, i.e. the threshold to hand Evidently so its verdict agrees.
+        (statistic, p-value, cutoff): the statistic is the number Evidently's method reports
+        (:func:`embedding_statistic`); the cutoff is the null's (1 - alpha) quantile.
 
     Raises:
         ValueError: unknown method or mismatched dimensions.
     """
-    ref, cur = np.asarray(reference, dtype=np.float32), np.asarray(current, dtype=np.float32)
-    if ref.ndim != 2 or cur.ndim != 2 or ref.shape[1] != cur.shape[1]:
-        raise ValueError(f"embeddings must be 2-D with equal widths, got {ref.shape} and {cur.shape}")
+    ref, cur = _embedding_arrays(reference, current)
     pooled, n_cur = np.vstack([ref, cur]), len(cur)
     if method == "model":
-        from sklearn.linear_model import SGDClassifier
-        from sklearn.metrics import roc_auc_score
-        from sklearn.model_selection import train_test_split
-
-        y = np.r_[np.ones(len(ref)), np.zeros(n_cur)]  # Evidently labels the reference 1
-        x_tr, x_te, y_tr, y_te = train_test_split(pooled, y, test_size=0.5, random_state=42, shuffle=True)
-        clf = SGDClassifier(loss="log_loss", random_state=42).fit(x_tr, y_tr)
-        auc = float(roc_auc_score(y_te, clf.predict_proba(x_te)[:, 1]))
+        auc = _model_auc(ref, cur)
         return auc, auc_p_value(auc, len(ref), n_cur), auc_threshold(alpha, len(ref), n_cur)
+    if method not in ("distance", "mmd"):
+        raise ValueError(f"unknown embedding method {method!r}; use model, mmd or distance")
     masks = _permutation_masks(len(pooled), n_cur, n_permutations, seed)
     if method == "distance":
-        observed = float(np.linalg.norm(cur.mean(axis=0) - ref.mean(axis=0)))
+        observed = embedding_statistic(ref, cur, "distance")
         null = _mean_distance_null(pooled, n_cur, masks)
-    elif method == "mmd":
-        from sklearn.metrics import pairwise_distances, pairwise_kernels
-
-        sigma2 = float(np.median(pairwise_distances(ref[:1000], cur[:1000]))) ** 2
-        kernel = pairwise_kernels(pooled, metric="rbf", gamma=1.0 / max(sigma2, 1e-12))
-        observed = float(_mmd2u(kernel, np.r_[np.zeros(len(ref)), np.ones(n_cur)][None, :])[0])
-        null = _mmd2u(kernel, masks.astype(np.float64))
     else:
-        raise ValueError(f"unknown embedding method {method!r}; use model, mmd or distance")
+        kernel = _rbf_kernel(ref, cur)
+        observed = _observed_mmd2u(kernel, len(ref), n_cur)
+        null = _mmd2u(kernel, masks.astype(np.float64))
     p_value = (1 + int((null >= observed - 1e-12).sum())) / (n_permutations + 1)
     cut = float(np.quantile(null, 1 - alpha))
     if method == "mmd":  # Evidently reports the unbiased MMD^2 clipped at 0
         observed, cut = max(observed, 0.0), max(cut, 0.0)
     return observed, p_value, cut
+
+
+def text_domain_auc(reference: Sequence[str], current: Sequence[str]) -> tuple[float, np.ndarray]:
+    """Evidently's text drift value without a Report: its TF-IDF + SGD domain classifier's held-out ROC AUC.
+
+    Args:
+        reference, current: texts, shapes (n_ref,), (n_cur,).
+
+    Returns:
+        (ROC AUC, held-out labels (1 = current row), shape (~(n_ref + n_cur) / 2,)).
+    """
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import SGDClassifier
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import Pipeline
+
+    texts = np.asarray([*reference, *current], dtype=object)
+    y = np.r_[np.zeros(len(reference), dtype=int), np.ones(len(current), dtype=int)]
+    x_tr, x_te, y_tr, y_te = train_test_split(texts, y, **DOMAIN_SPLIT)
+    clf = Pipeline([("vectorization", TfidfVectorizer(**TEXT_VECTORIZER)),
+                    ("classification", SGDClassifier(**TEXT_CLASSIFIER))]).fit(x_tr, y_tr)
+    return float(roc_auc_score(y_te, clf.predict_proba(x_te)[:, 1])), y_te
+
+
+def random_classifier_auc_quantile(y_test: np.ndarray, p_value: float) -> float:
+    """The (1 - p_value) percentile of random classifiers' ROC AUCs on ``y_test``: the cutoff of Evidently's
+    ``perc_text_content_drift`` (its seeds, its 1000 classifiers; global NumPy state untouched)."""
+    from sklearn.metrics import roc_auc_score
+
+    n, seed = TEXT_RANDOM_CLASSIFIERS["n"], TEXT_RANDOM_CLASSIFIERS["seed"]
+    seeds = np.random.RandomState(seed).randint(0, n * 10, size=n)
+    aucs = [roc_auc_score(y_test, np.random.RandomState(s).rand(len(y_test))) for s in seeds]
+    return float(np.percentile(aucs, 100 * (1 - p_value)))
 
 
 def oov_share(texts: Iterable[str], vocab: set[str]) -> np.ndarray:

@@ -19,7 +19,7 @@ PANELS = (
     ("Drift", "Text length: K-S p-value", "ValueDrift", {"column": "text_length"}),
     ("Drift", "Out-of-vocabulary share: K-S p-value", "ValueDrift", {"column": "oov_share"}),
     ("Drift", "Non-letter share: K-S p-value", "ValueDrift", {"column": "non_letter_share"}),
-    ("Drift", "Embedding drift (champion embeddings)", "EmbeddingsDrift", {"embeddings_name": "champion"}),
+    ("Drift", "Embedding drift (champion embeddings)", "EmbeddingsDriftScore", {"embeddings_name": "champion"}),
     ("Drift", "Predicted-label drift: permutation p-value", "ValueDrift", {"column": "label"}),
     ("Drift", "Confidence drift: K-S p-value", "ValueDrift", {"column": "confidence"}),
     ("Performance", "Estimated accuracy: CBPE (mean calibrated confidence)", "MeanValue",

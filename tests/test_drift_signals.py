@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from monitoring.drift import DESCRIPTORS, EMBEDDING, DriftConfig, compute_signals
-from monitoring.drift_stats import embedding_test, js_distance, oov_share, text_descriptors
+from monitoring.drift_stats import embedding_statistic, embedding_test, js_distance, oov_share, text_descriptors
 from monitoring.label_queue import rank_for_labelling, read_queue, write_queue
 from monitoring.performance import (estimate_accuracy, feedback_performance, fit_calibration, load_calibration,
                                     wilson_interval)
@@ -34,17 +34,16 @@ def test_embedding_tests_are_calibrated_and_detect_a_shift(method):
     assert p < 0.01 and stat > cut
 
 
-def test_embedding_statistics_equal_evidentlys_methods():
-    from evidently.legacy.metrics.data_drift.embedding_drift_methods import distance, mmd, model
-
+def test_embedding_statistic_is_the_tests_statistic_and_bad_input_is_rejected():
+    """(That the statistics equal Evidently's own methods: tests/test_evidently_bridge.py.)"""
     rng = np.random.default_rng(1)
     ref, cur = _emb(rng, 200), _emb(rng, 80, shift=0.3)
-    for name, method in (("distance", distance()), ("mmd", mmd()), ("model", model())):
-        ours = embedding_test(ref, cur, name, n_permutations=100)[0]
-        theirs = method(pd.DataFrame(cur), pd.DataFrame(ref))[0]
-        assert ours == pytest.approx(max(theirs, 0) if name == "mmd" else theirs, rel=1e-4, abs=1e-6), name
+    for name in ("distance", "mmd", "model"):
+        assert embedding_statistic(ref, cur, name) == embedding_test(ref, cur, name, n_permutations=100)[0], name
     with pytest.raises(ValueError, match="equal widths"):
         embedding_test(ref, cur[:, :3])
+    with pytest.raises(ValueError, match="unknown embedding method"):
+        embedding_statistic(ref, cur, "ratio")
 
 
 def test_descriptors_count_words_the_tokenizer_must_split():
@@ -131,7 +130,7 @@ def test_champion_embeddings_are_normalised_mean_pooled_states(tmp_path):
 
 
 def test_report_free_path_gives_the_reports_numbers():
-    """``with_report=False`` (benchmarks) computes every signal with Evidently's stattest functions directly."""
+    """``with_report=False`` (benchmarks) computes every signal's test directly, without Evidently's Report."""
     train = pd.read_csv(__import__("conftest").BANKING77_DIR / "train.csv") if __import__(
         "conftest").BANKING77_DIR.exists() else None
     if train is None:
@@ -160,4 +159,4 @@ def test_report_free_path_gives_the_reports_numbers():
     emb = full.signal(EMBEDDING)
     assert emb.details["evidently_score"] == pytest.approx(emb.value)  # Evidently's section shows our statistic
     metrics = {m["metric_name"].split("(")[0] for m in full.snapshot.dict()["metrics"]}
-    assert {"ValueDrift", "EmbeddingsDrift", "MeanValue"} <= metrics
+    assert {"ValueDrift", "EmbeddingsDriftScore", "MeanValue"} <= metrics

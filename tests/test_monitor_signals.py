@@ -83,7 +83,7 @@ def test_cycle_exports_every_signal_and_queues_requests_to_label(champion_home):
     assert "need_labels" in row.reason and "label the queued requests" in row.reason
     saved = json.loads(open(row.report_path).read())
     metrics = {m["metric_name"].split("(")[0] for m in saved["evidently"]["metrics"]}
-    assert {"ValueDrift", "EmbeddingsDrift", "MeanValue"} <= metrics
+    assert {"ValueDrift", "EmbeddingsDriftScore", "MeanValue"} <= metrics
 
 
 def test_monitor_without_embeddings_still_judges(champion_home):
