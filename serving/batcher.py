@@ -100,6 +100,12 @@ class MicroBatcher(Generic[Result]):
         """Texts waiting for a batch now."""
         return self._queued_texts
 
+    @property
+    def busy(self) -> int:
+        """Batches handed to the worker threads and not computed yet (at most ``workers``); a batch
+        that waits only for its ``done`` future (e.g. the log commit) no longer counts."""
+        return self._busy
+
     async def submit(self, texts: Sequence[Any]) -> list[Result]:
         """Classify ``texts`` as part of a batch; returns one result per text, in order.
 

@@ -87,10 +87,13 @@ MODEL_LIVE = Gauge(
     ["tag"], multiprocess_mode="mostrecent",
 )
 MODEL_SWAPS = Counter("tuneloop_model_swaps", "Models swapped in (the first load counts too)")
+SWAP_FAILURE_REASONS = ("not_found", "load", "smoke")
 MODEL_SWAP_FAILURES = Counter(
     "tuneloop_model_swap_failures", "Champion models that were not swapped in, by reason (not_found, load, smoke)",
     ["reason"],
 )
+for _reason in SWAP_FAILURE_REASONS:  # exported at 0 from the start, so rate() and alerts see every reason
+    MODEL_SWAP_FAILURES.labels(reason=_reason)
 MODEL_LOAD_SECONDS = Gauge(
     "tuneloop_model_load_seconds", "Wall time of the last successful model load + smoke prediction",
     multiprocess_mode="mostrecent",

@@ -170,6 +170,11 @@ class ModelReadyGuard:
 
 
 def _current_service():
+    """The service instance BentoML built for this worker.
+
+    ``bentoml.get_current_service`` is public API: exported in ``bentoml.__all__`` (checked in
+    bentoml 1.4.40), unlike the ``_bentoml_sdk`` module that implements it.
+    """
     import bentoml
 
-    return bentoml.get_current_service()  # the instance BentoML built for this worker
+    return bentoml.get_current_service()

@@ -1,11 +1,12 @@
 """The service's OpenAPI document (``GET /docs.json``), corrected to say what the API really answers.
 
-BentoML 1.4.39 generates the document from the API signatures, but documents every API with the
-same 400/404/500 error answers, and its 400 schema says ``detail`` is a string while its own
-validation errors send a list. Clients generated from the document, and schemathesis checking
+BentoML (1.4.39, 1.4.40) generates the document from the API signatures, but documents every API
+with the same 400/404/500 error answers, and its 400 schema says ``detail`` is a string while its
+own validation errors send a list. Clients generated from the document, and schemathesis checking
 answers against it, need the truth: per endpoint, the statuses it can answer (400, 401, 403, 404,
 413, 422, 503) with their bodies, the ``X-Request-ID`` request and response header, and 503 on
-``/readyz``. :class:`OpenAPIMiddleware` serves BentoML's document with those corrections.
+``/readyz``. :class:`OpenAPIMiddleware` serves BentoML's document with those corrections; it gets
+the document the public way, from BentoML's own ``GET /docs.json`` answer.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def corrected_spec(bentoml_spec: dict[str, Any]) -> dict[str, Any]:
     """BentoML's OpenAPI dict with the per-route error answers and headers of this service.
 
     Args:
-        bentoml_spec: ``Service.openapi_spec.asdict()`` (status codes may be int keys).
+        bentoml_spec: BentoML's own OpenAPI document, as its ``GET /docs.json`` answers it (status
+            codes may also be int keys).
 
     Returns:
         A new JSON-ready dict (string keys throughout); the argument is not modified.
@@ -97,19 +99,42 @@ def corrected_spec(bentoml_spec: dict[str, Any]) -> dict[str, Any]:
 
 
 class OpenAPIMiddleware:
-    """Serves :func:`corrected_spec` of ``service`` at ``GET /docs.json`` (computed once)."""
+    """Serves :func:`corrected_spec` of BentoML's own ``GET /docs.json`` answer at that path.
+
+    The first request goes on to BentoML (the inner app), whose answer is captured instead of sent;
+    the corrected document is computed once and served from then on. Should BentoML not answer it
+    with a 200 (its experimental ``new_index`` UI does not serve ``/docs.json``), its answer is
+    passed on unchanged.
+    """
 
     PATH = "/docs.json"
 
-    def __init__(self, app, service) -> None:
+    def __init__(self, app) -> None:
         self.app = app
-        self.service = service
         self._body: dict | None = None
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope.get("path") == self.PATH and scope.get("method") == "GET":
             if self._body is None:
-                self._body = corrected_spec(self.service.openapi_spec.asdict())
+                messages = await _captured_answer(self.app, scope, receive)
+                start = next(m for m in messages if m["type"] == "http.response.start")
+                if start["status"] != 200:
+                    for message in messages:
+                        await send(message)
+                    return
+                body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+                self._body = corrected_spec(json.loads(body))
             await send_json(send, 200, self._body)
             return
         await self.app(scope, receive, send)
+
+
+async def _captured_answer(app, scope, receive) -> list[dict]:
+    """The ASGI messages ``app`` sends to answer the request, collected instead of sent."""
+    messages: list[dict] = []
+
+    async def capture(message) -> None:
+        messages.append(message)
+
+    await app(scope, receive, capture)
+    return messages

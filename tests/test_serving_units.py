@@ -150,7 +150,7 @@ def test_batcher_delivers_after_the_batch_future_and_frees_the_worker_before():
         batcher = _batcher(run_batch, window_s=0)
         first = asyncio.ensure_future(batcher.submit(["a"]))
         await asyncio.sleep(0.05)
-        assert not first.done() and batcher._busy == 0  # computed, worker free, waiting for the commit
+        assert not first.done() and batcher.busy == 0  # computed, worker free, waiting for the commit
         second = asyncio.ensure_future(batcher.submit(["b"]))
         await asyncio.sleep(0.05)
         pending[0].set_result(None)
@@ -206,10 +206,15 @@ def test_ids_are_random_hex_and_unique():
 
 
 def test_corrected_openapi_documents_every_answer():
-    from serving.openapi import ROUTE_ERRORS, corrected_spec
-    from serving.service import TuneloopService
+    from starlette.testclient import TestClient
+    from test_service import asgi_app
 
-    spec = corrected_spec(TuneloopService.openapi_spec.asdict())
+    from serving.openapi import ROUTE_ERRORS, corrected_spec
+
+    # BentoML's own document through the service's app (the one app of this test process, see
+    # asgi_app), corrected on the way
+    spec = TestClient(asgi_app()).get("/docs.json").json()
+    assert corrected_spec(spec) == spec  # served corrected, and correcting is idempotent
     for route, statuses in ROUTE_ERRORS.items():
         op = spec["paths"][route]["post"]
         assert set(op["responses"]) == {"200", *map(str, statuses)}
@@ -219,6 +224,55 @@ def test_corrected_openapi_documents_every_answer():
     assert spec["paths"]["/classify"]["post"]["requestBody"]["content"]["application/json"]["schema"][
         "properties"]["texts"]["items"]["pattern"] == r"\S"
     assert "503" in spec["paths"]["/readyz"]["get"]["responses"]
+
+
+def test_openapi_middleware_corrects_the_inner_apps_document_once():
+    import json
+
+    from serving.openapi import OpenAPIMiddleware, corrected_spec
+
+    bentoml_doc = {"openapi": "3.0.2", "components": {"schemas": {}}, "paths": {
+        "/readyz": {"get": {"responses": {"200": {"description": "ready"}}}},
+        **{route: {"post": {"x-bentoml-name": route.strip("/").replace("/", "_"), "requestBody": {"content": {}},
+                            "responses": {"200": {"description": "ok", "content": {}}, "500": {}}}}
+           for route in ("/classify", "/feedback", "/admin/reload")},
+    }}
+    calls: list[str] = []
+
+    async def inner(scope, receive, send):
+        calls.append(scope["path"])
+        status, body = (200, bentoml_doc) if scope["path"] == "/docs.json" else (418, {"inner": True})
+        payload = json.dumps(body).encode()
+        await send({"type": "http.response.start", "status": status, "headers": [(b"x-inner", b"1")]})
+        await send({"type": "http.response.body", "body": payload[:5], "more_body": True})
+        await send({"type": "http.response.body", "body": payload[5:]})
+
+    async def request(app, path: str) -> tuple[int, dict, bytes]:
+        sent: list[dict] = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        await app({"type": "http", "method": "GET", "path": path, "headers": []}, receive, send)
+        start = sent[0]
+        return start["status"], dict(start["headers"]), b"".join(m.get("body", b"") for m in sent[1:])
+
+    app = OpenAPIMiddleware(inner)
+    for _ in range(2):
+        status, headers, body = asyncio.run(request(app, "/docs.json"))
+        assert status == 200 and headers[b"content-type"] == b"application/json"
+        assert json.loads(body) == corrected_spec(bentoml_doc)
+    assert calls == ["/docs.json"]  # asked BentoML once, then served from the cache
+    assert asyncio.run(request(app, "/other"))[::2] == (418, b'{"inner": true}')  # other paths pass through
+
+    async def no_docs(scope, receive, send):  # e.g. BentoML's experimental new_index UI: no /docs.json
+        await send({"type": "http.response.start", "status": 404, "headers": []})
+        await send({"type": "http.response.body", "body": b"Not Found"})
+
+    assert asyncio.run(request(OpenAPIMiddleware(no_docs), "/docs.json"))[::2] == (404, b"Not Found")
 
 
 def test_serve_config_reads_the_new_settings():
