@@ -3,7 +3,7 @@
     python benchmarks/drift_bench.py --data ../shared/data/banking77 [--runs 20] [--json out.json]
 
 Everything runs through the monitor's own code: ``compute_signals`` (Evidently's stattest functions;
-``with_report=False`` skips only the HTML/plot rendering, see ``monitoring.drift_report``) and
+``with_report=False`` skips only the HTML/plot rendering, see ``tuneloop.monitoring.drift_report``) and
 ``policy.decide`` with the default ``DriftPolicy``, on the real outputs of the demo's quick-trained
 champion (``drift_streams.py``). Windows close every ``--window`` requests (the demo's monitor,
 1 s interval, closes them at its 100-row ``min_window``). 30 % of requests get feedback.
@@ -34,9 +34,9 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 
 from drift_streams import SCENARIOS, StreamMaker, prepare, window_frame  # noqa: E402
 
-from monitoring.drift import compute_signals  # noqa: E402
-from monitoring.performance import wilson_interval  # noqa: E402
-from monitoring.policy import DriftPolicy, PolicyState, decide  # noqa: E402
+from tuneloop.monitoring.drift import compute_signals  # noqa: E402
+from tuneloop.monitoring.performance import wilson_interval  # noqa: E402
+from tuneloop.monitoring.policy import DriftPolicy, PolicyState, decide  # noqa: E402
 
 SHIFTS = SCENARIOS[1:]
 FEEDBACK_SHARE = 0.3
@@ -104,9 +104,9 @@ def detection(data, maker: StreamMaker, scenario: str, runs: int, window: int, p
 
 
 def estimation(data, maker: StreamMaker, runs: int, n: int, window: int) -> dict:
-    """Mean absolute error (points) of each label-free estimator (ATC, CBPE; ``monitoring.performance``)
+    """Mean absolute error (points) of each label-free estimator (ATC, CBPE; ``tuneloop.monitoring.performance``)
     against the true accuracy of the same ``window`` requests, per scenario."""
-    from monitoring.performance import estimate_accuracy
+    from tuneloop.monitoring.performance import estimate_accuracy
 
     out: dict = {}
     for scenario in SCENARIOS:
@@ -134,9 +134,9 @@ def cycle_cost(data, maker: StreamMaker, cache_dir: Path, n: int = 1000) -> dict
     import shutil
     import tempfile
 
-    from monitoring.monitor import Monitor, MonitorConfig
-    from serving.traffic_log import PredictionRecord, TrafficLog
-    from training.home import Home
+    from tuneloop.monitoring.monitor import Monitor, MonitorConfig
+    from tuneloop.state.home import Home
+    from tuneloop.state.traffic_store import PredictionRecord, TrafficLog
 
     tmp = Path(tempfile.mkdtemp(prefix="drift-bench-cost-"))
     home = Home(tmp / "home")

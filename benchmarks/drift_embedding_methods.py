@@ -5,7 +5,7 @@
 On the real champion's embeddings (``drift_streams.py``: the demo's quick-trained model, mean-pooled
 encoder states), each method -- ``model`` (domain classifier ROC AUC), ``mmd`` (RBF-kernel MMD^2) and
 ``distance`` (Euclidean distance between mean embeddings) -- is given a p-value
-(``monitoring.drift_stats.embedding_test``: permutation null, or the AUC's Mann-Whitney null) and run on
+(``tuneloop.monitoring.drift_stats.embedding_test``: permutation null, or the AUC's Mann-Whitney null) and run on
 ``--null-windows`` in-distribution windows and ``--shift-windows`` fully shifted windows of each
 scenario, all of ``--window`` requests against the 1,000-row reference sample. Reported per method:
 the fire rate at the policy's per-signal level (0.05 / 6) -- under no drift it must stay near that
@@ -26,8 +26,8 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 
 from drift_streams import SCENARIOS, StreamMaker, prepare  # noqa: E402
 
-from monitoring.drift_stats import embedding_test  # noqa: E402
-from monitoring.signals import DEFAULT_ALPHA  # noqa: E402
+from tuneloop.monitoring.drift_stats import embedding_test  # noqa: E402
+from tuneloop.monitoring.signals import DEFAULT_ALPHA  # noqa: E402
 
 METHODS = ("distance", "mmd", "model")
 

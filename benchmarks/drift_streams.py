@@ -2,12 +2,12 @@
 
 Setup (cached under ``--cache``, built once, ~5-10 min on 2 CPU cores):
 
-1. the demo's pools (``monitoring.demo_data.build_pools``: 10 seeded intents keep 5 training rows
+1. the demo's pools (``tuneloop.apps.demo_data.build_pools``: 10 seeded intents keep 5 training rows
    each; the test split is halved per intent into a holdout and replay pools);
-2. the demo's initial champion: the quick preset trained on that training set (``training.train``);
+2. the demo's initial champion: the quick preset trained on that training set (``tuneloop.training.train``);
 3. the champion's outputs -- predicted label, top-1 confidence and sentence embedding (the same
    mean-pooled encoder state the monitor uses) -- for every replay-pool text, for ``TYPO_VARIANTS``
-   keyboard-typo variants of each (``training.augment.keyboard_typos``, as the demo makes them), and for
+   keyboard-typo variants of each (``tuneloop.training.augment.keyboard_typos``, as the demo makes them), and for
    the reference sample; and the CBPE calibration the monitor would load.
 
 A stream is a list of row ids into that table, so thousands of windows are judged without running
@@ -47,7 +47,7 @@ class BenchData:
 
 def _outputs(clf, texts: list[str], batch_size: int = 64) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Predicted labels, confidences and embeddings in one forward pass per batch."""
-    from monitoring.embeddings import embed_texts
+    from tuneloop.monitoring.embeddings import embed_texts
 
     pred, conf = clf.predict(texts, batch_size=batch_size)
     return pred, conf, embed_texts(clf, texts, batch_size=batch_size)
@@ -55,16 +55,16 @@ def _outputs(clf, texts: list[str], batch_size: int = 64) -> tuple[list[str], np
 
 def prepare(data_dir: Path, cache_dir: Path, seed: int = 0, log=print) -> BenchData:
     """Train (or reuse) the demo's champion and tabulate its outputs (see the module docstring)."""
-    from monitoring.demo import load_banking77
-    from monitoring.demo_data import build_pools, write_training_data
-    from monitoring.drift import load_reference
-    from monitoring.performance import load_calibration
-    from training.augment import keyboard_typos
-    from training.config import TrainConfig
-    from training.home import Home
-    from training.predict import Classifier
-    from training.store import REFERENCE_FILE, get_model, read_champion
-    from training.train import train
+    from tuneloop.apps.demo import load_banking77
+    from tuneloop.apps.demo_data import build_pools, write_training_data
+    from tuneloop.monitoring.drift import load_reference
+    from tuneloop.monitoring.performance import load_calibration
+    from tuneloop.state.home import Home
+    from tuneloop.state.registry import REFERENCE_FILE, get_model, read_champion
+    from tuneloop.training.augment import keyboard_typos
+    from tuneloop.training.config import TrainConfig
+    from tuneloop.training.predict import Classifier
+    from tuneloop.training.train import train
 
     cache_dir = Path(cache_dir)
     train_df, test_df = load_banking77(str(data_dir))

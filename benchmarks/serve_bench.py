@@ -4,7 +4,7 @@
 
 Every variant serves the same MiniLM Banking77 classifier (trained once into ``--home``, see
 ``serve_models.py``) with the same torch intra-op thread count (``--threads``), and gets
-Banking77 test queries, one per request, from :mod:`serving.loadgen` on 127.0.0.1:
+Banking77 test queries, one per request, from :mod:`tuneloop.apps.loadgen` on 127.0.0.1:
 
 * ``service``: ``bentoml serve`` of the tuneloop service (adaptive batching, traffic log, metrics)
   with ``--workers`` inference workers;
@@ -41,15 +41,22 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from serve_models import ensure_model, reset_traffic, test_queries
 from serve_parts import (
-    ADMIN_TOKEN, Ceiling, batch_stats, cpu_seconds, load1, metric_sums, naive_server, precision_accuracy,
+    ADMIN_TOKEN,
+    Ceiling,
+    batch_stats,
+    cpu_seconds,
+    load1,
+    metric_sums,
+    naive_server,
+    precision_accuracy,
     swap_under_load,
 )
-from serving.launch import log_tail, running_server, server_processes
-from serving.loadgen import LoadResult, closed_loop, open_loop
-from training.home import Home
+
+from tuneloop.apps.loadgen import LoadResult, closed_loop, open_loop
+from tuneloop.serving.launch import log_tail, running_server, server_processes
+from tuneloop.state.home import Home
 
 TARGETS = {"vs_naive": 3.0, "vs_ceiling": 0.70, "p99_ms": 100.0, "overhead_p50": 0.05}
 HTTP_VARIANTS = ("service", "service_int8", "service_bf16", "naive")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from training.home import Home
-from training.store import get_model, read_champion
+from tuneloop.state.home import Home
+from tuneloop.state.registry import get_model, read_champion
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,8 @@ def ensure_model(home: Home, data_dir: Path) -> BenchModel:
     """The champion of ``home``; trains one first (quick preset, see module docstring) if there is none."""
     pointer = read_champion(home)
     if pointer is None:
-        from training.config import TrainConfig
-        from training.train import train
+        from tuneloop.training.config import TrainConfig
+        from tuneloop.training.train import train
 
         log.warning("no model in %s: training one (quick preset, %s); this happens once", home.root, TRAIN_OVERRIDES)
         train(TrainConfig.for_preset("quick", data=str(data_dir), **TRAIN_OVERRIDES), home.ensure())
@@ -64,7 +64,7 @@ def copy_as_new_version(home: Home, model: BenchModel) -> str:
     """Save the benchmark model's files again as a new version (a new tag to hot-swap to)."""
     import shutil
 
-    from training.store import save_model
+    from tuneloop.state.registry import save_model
 
     stored = get_model(home, model.tag)
 

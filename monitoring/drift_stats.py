@@ -14,7 +14,7 @@ Every test returns a p-value so that the policy can correct for testing several 
 * :func:`text_descriptors`: per-text length, out-of-vocabulary share and non-letter share.
 
 The domain classifiers replay Evidently's unpublished settings (split, classifiers), which live in
-:mod:`monitoring.evidently_bridge` with a test that checks them against the installed Evidently.
+:mod:`tuneloop.monitoring.evidently_bridge` with a test that checks them against the installed Evidently.
 """
 
 from __future__ import annotations
@@ -26,8 +26,13 @@ from typing import Literal
 
 import numpy as np
 
-from monitoring.evidently_bridge import (DOMAIN_SPLIT, EMBEDDING_CLASSIFIER, TEXT_CLASSIFIER, TEXT_RANDOM_CLASSIFIERS,
-                                         TEXT_VECTORIZER)
+from tuneloop.monitoring.evidently_bridge import (
+    DOMAIN_SPLIT,
+    EMBEDDING_CLASSIFIER,
+    TEXT_CLASSIFIER,
+    TEXT_RANDOM_CLASSIFIERS,
+    TEXT_VECTORIZER,
+)
 
 EmbeddingMethod = Literal["model", "mmd", "distance"]
 _WORD = re.compile(r"[a-z]+")

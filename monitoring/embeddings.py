@@ -16,7 +16,7 @@ def embed_texts(classifier, texts: list[str], batch_size: int = 64, threads: int
     """Mean-pooled, L2-normalised last hidden states.
 
     Args:
-        classifier: a ``training.predict.Classifier`` (its tokenizer, model, device, max_length).
+        classifier: a ``tuneloop.training.predict.Classifier`` (its tokenizer, model, device, max_length).
         texts: n texts.
         batch_size: texts per forward pass (texts are sorted by length so padding stays short).
         threads: torch intra-op threads for this call only (None: leave the process setting). On a

@@ -16,7 +16,7 @@ The rest of ``monitoring/`` uses Evidently's public API only (``Report``, ``Data
    the ``model`` embedding method (SGD on the same split). Evidently exposes neither the split nor the
    classifiers, but we need the split's held-out class sizes for the AUC's null (p-values, cutoffs) and
    the same AUC without running a Report (``drift_report.evidently_values``): the constants below,
-   used by :mod:`monitoring.drift_stats`.
+   used by :mod:`tuneloop.monitoring.drift_stats`.
 
 ``tests/test_evidently_bridge.py`` checks both against the installed Evidently (the replays through
 its public ``Report``) and fails with a message naming the installed version.
@@ -44,17 +44,21 @@ def label_stattest(n_permutations: int) -> str:
     """Register (once per process) the permutation label test as an Evidently stattest.
 
     Args:
-        n_permutations: null draws of :func:`monitoring.drift_stats.label_permutation_test`.
+        n_permutations: null draws of :func:`tuneloop.monitoring.drift_stats.label_permutation_test`.
 
     Returns:
         The stattest name to pass as ``ValueDrift(column=..., method=name, threshold=alpha)``; its
         drift score is the permutation p-value, and it reports drift when the p-value < threshold.
     """
     from evidently import ColumnType
-    from evidently.legacy.calculations.stattests.registry import (StatTest, StatTestNotFoundError,
-                                                                  get_registered_stattest, register_stattest)
+    from evidently.legacy.calculations.stattests.registry import (
+        StatTest,
+        StatTestNotFoundError,
+        get_registered_stattest,
+        register_stattest,
+    )
 
-    from monitoring.drift_stats import label_permutation_test
+    from tuneloop.monitoring.drift_stats import label_permutation_test
 
     name = f"perm_chisquare_{n_permutations}"
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from monitoring.drift import WindowReport
+from tuneloop.monitoring.drift import WindowReport
 
 # (tab, panel title, Evidently metric, its labels) -- the metrics build_snapshot puts in every report
 PANELS = (

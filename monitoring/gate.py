@@ -14,8 +14,8 @@ from typing import Literal
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from training.evaluate import classification_metrics
-from training.predict import Classifier
+from tuneloop.training.evaluate import classification_metrics
+from tuneloop.training.predict import Classifier
 
 
 class GateConfig(BaseModel):

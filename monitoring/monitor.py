@@ -16,22 +16,23 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC
 from pathlib import Path
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from monitoring.audit import AuditLog
-from monitoring.drift import DriftConfig, compute_signals, load_reference, save_report
-from monitoring.embeddings import embed_texts, novelty
-from monitoring.exporter import MonitorMetrics
-from monitoring.label_queue import QUEUE_FILE, rank_for_labelling, write_queue
-from monitoring.performance import Calibration, load_calibration
-from monitoring.policy import DriftPolicy, PolicyState, decide
-from monitoring.retrain import RetrainConfig, retrain_and_gate
-from serving.traffic_log import TrafficLog
-from training.home import Home
-from training.store import REFERENCE_FILE, get_model, require_champion
+from tuneloop.monitoring.drift import DriftConfig, compute_signals, load_reference, save_report
+from tuneloop.monitoring.embeddings import embed_texts, novelty
+from tuneloop.monitoring.exporter import MonitorMetrics
+from tuneloop.monitoring.label_queue import QUEUE_FILE, rank_for_labelling, write_queue
+from tuneloop.monitoring.performance import Calibration, load_calibration
+from tuneloop.monitoring.policy import DriftPolicy, PolicyState, decide
+from tuneloop.monitoring.retrain import RetrainConfig, retrain_and_gate
+from tuneloop.state.audit import AuditLog
+from tuneloop.state.home import Home
+from tuneloop.state.registry import REFERENCE_FILE, get_model, require_champion
+from tuneloop.state.traffic_store import TrafficLog
 
 log = logging.getLogger(__name__)
 
@@ -121,11 +122,11 @@ class Monitor:
             self._reference = (tag, load_reference(Path(get_model(self.home, tag).path) / REFERENCE_FILE))
         return self._reference[1]
 
-    def champion_view(self, tag: str) -> "ChampionView":
+    def champion_view(self, tag: str) -> ChampionView:
         """The champion's classifier, reference embeddings, calibration and vocabulary (cached per tag;
         the first call loads the model and embeds the reference sample: seconds)."""
         if self._champion is None or self._champion[0] != tag:
-            from training.predict import Classifier
+            from tuneloop.training.predict import Classifier
 
             model_dir = Path(get_model(self.home, tag).path)
             reference = self.reference(tag)
@@ -161,7 +162,7 @@ class Monitor:
         if self.cfg.save_html:
             html_path, json_path = save_report(report, self.home.reports_dir, stem)
         if self.cfg.evidently_project:
-            from monitoring.evidently_ws import add_to_workspace
+            from tuneloop.monitoring.evidently_ws import add_to_workspace
 
             add_to_workspace(report, self.home.evidently_dir, self.cfg.evidently_project, run_name=stem)
         state = PolicyState(**self.audit.get_state("policy_state", {}))
@@ -239,7 +240,7 @@ def run_scheduler(monitor: Monitor, interval_seconds: float, stop_after: float |
     because a model version is written to the store and promoted atomically or not at all."""
     import signal
     import threading
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -254,7 +255,7 @@ def run_scheduler(monitor: Monitor, interval_seconds: float, stop_after: float |
             log.exception("monitor cycle failed")
 
     sched.add_job(job, "interval", seconds=interval_seconds, id="monitor-cycle", replace_existing=True,
-                  next_run_time=datetime.now(timezone.utc))
+                  next_run_time=datetime.now(UTC))
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     sched.start()

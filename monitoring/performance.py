@@ -28,10 +28,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import BaseModel, Field
 
+from tuneloop.state.registry import CALIBRATION_FILE
+
 if TYPE_CHECKING:  # pandas is imported where used: importing this module stays cheap
     import pandas as pd
 
-CALIBRATION_FILE = "calibration.jsonl"  # written by training.train.save_result (validation split outputs)
 WILSON_Z = 1.959964  # two-sided 95 %
 
 

@@ -33,7 +33,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from monitoring.signals import ACCURACY, ALL_SIGNALS, DriftConfig, SignalResult, WindowReport
+from tuneloop.monitoring.signals import ACCURACY, ALL_SIGNALS, DriftConfig, SignalResult, WindowReport
 
 Action = Literal["none", "wait", "retrain", "need_labels", "skip_small_window", "cooldown"]
 
@@ -59,7 +59,7 @@ class DriftPolicy(BaseModel):
     cooldown_seconds: float = Field(0.0, ge=0, description="Seconds after a retrain without a new one.")
 
     @model_validator(mode="after")
-    def _check(self) -> "DriftPolicy":
+    def _check(self) -> DriftPolicy:
         unknown = set(self.signals) - set(ALL_SIGNALS)
         if unknown or not self.signals:
             raise ValueError(f"signals {sorted(unknown) or '[]'} invalid; choose a non-empty subset of {ALL_SIGNALS}")

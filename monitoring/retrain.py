@@ -16,13 +16,13 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from monitoring.gate import GateConfig, run_gate
-from training.config import TrainConfig
-from training.data import load_splits_for
-from training.home import Home
-from training.predict import Classifier
-from training.store import get_model, promote
-from training.train import fine_tune, save_result
+from tuneloop.monitoring.gate import GateConfig, run_gate
+from tuneloop.state.home import Home
+from tuneloop.state.registry import get_model, promote
+from tuneloop.training.config import TrainConfig, data_config
+from tuneloop.training.data import load_splits_for
+from tuneloop.training.predict import Classifier
+from tuneloop.training.train import fine_tune, save_result
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +96,9 @@ def retrain_and_gate(home: Home, champion_tag: str, labelled: pd.DataFrame, cfg:
     """
     start = time.perf_counter()
     champion = get_model(home, champion_tag)
-    saved = dict(champion.info.metadata["train_config"])
-    saved.pop("progress", None)
-    base = TrainConfig.for_preset(cfg.preset, **{k: v for k, v in saved.items()
-                                                 if k in ("data", "text_column", "label_column", "base_model",
-                                                          "max_length", "val_fraction", "test_fraction", "seed",
-                                                          "max_train_per_label", "model_name", "reference_size",
-                                                          "max_text_chars", "label_normalisation", "leakage")})
-    # progress lines (one per 10 s off a terminal, training.progress) go to the monitor's log
+    # the champion's whole data configuration; the recipe comes from the retraining preset
+    base = TrainConfig.for_preset(cfg.preset, **data_config(champion.info.metadata["train_config"]))
+    # progress lines (one per 10 s off a terminal, tuneloop.training.progress) go to the monitor's log
     train_cfg = base.model_copy(update={**cfg.overrides, "progress": True})
     splits = load_splits_for(train_cfg)
     fb_train, fb_held = split_feedback(labelled, cfg.holdout_feedback_fraction)

@@ -1,5 +1,5 @@
 """The data types of the drift signals: their names, how they are computed (``DriftConfig``), one
-signal's result and one window's report. Pure pydantic; ``monitoring.drift`` fills them."""
+signal's result and one window's report. Pure pydantic; ``tuneloop.monitoring.drift`` fills them."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 A model folder that fails to load or gives a smoke prediction that is not a probability row per
 text is refused with :class:`ModelSwapError`, and the caller keeps serving the old model. A model
-that passes is warmed up (and its per-pass cost measured, see :mod:`serving.inference`) before it
+that passes is warmed up (and its per-pass cost measured, see :mod:`tuneloop.serving.inference`) before it
 is swapped in, so the first batches it serves are as fast as the rest.
 """
 
@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serving import inference, metrics
-from training.home import Home
-from training.predict import Classifier, pick_device
-from training.store import ModelNotFoundError, get_model, read_champion
+from tuneloop.serving import inference, metrics
+from tuneloop.state.home import Home
+from tuneloop.state.registry import ModelNotFoundError, get_model, read_champion
+from tuneloop.training.predict import Classifier, pick_device
 
 log = logging.getLogger("bentoml.service.tuneloop")  # under "bentoml": shown by `bentoml serve`
 

@@ -1,7 +1,7 @@
 """Serving settings (:class:`ServeConfig`), read from ``TUNELOOP_*`` environment variables.
 
 The service reads them when it is constructed, in the worker process that ``bentoml serve``
-starts; ``tuneloop serve`` and :func:`serving.launch.running_server` pass them down through the
+starts; ``tuneloop serve`` and :func:`tuneloop.serving.launch.running_server` pass them down through the
 environment. A few also shape the HTTP API itself (input limits, request timeout, whether
 metrics are on) and BentoML needs those when the service class is *defined*, so
 ``serving/service.py`` reads the environment once more at import for exactly those.
@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from training.home import DEFAULT_HOME, HOME_ENV
+from tuneloop.state.home import DEFAULT_HOME, HOME_ENV
 
 # Field name -> environment variable. Unset or empty variables keep the default.
 ENV_VARS: dict[str, str] = {
@@ -58,7 +58,7 @@ class ServeConfig(BaseModel):
             challenger on the same 2 CPU cores while traffic flows, and a forward pass can then
             take seconds; the demo must see zero failed requests.
         max_batch_size: most texts merged into one model call (it is cut into length groups,
-            see :mod:`serving.inference`). 64: the throughput gain flattens above ~32 short
+            see :mod:`tuneloop.serving.inference`). 64: the throughput gain flattens above ~32 short
             texts on CPU, and a batch of 64 short texts stays under ~0.2 s on one core.
         batch_window_ms: how long an idle batcher waits after the first text for more before it
             starts a batch, in ms. Under load batches form while the model is busy, so this only
@@ -68,17 +68,17 @@ class ServeConfig(BaseModel):
             after this many seconds gets HTTP 504. Larger than ``max_latency_ms``.
         torch_threads: ``torch.set_num_threads`` (intra-op threads per forward pass). 1: on a
             small or shared CPU, intra-op threads stall at every op's barrier whenever another
-            thread or process holds a core (see :mod:`serving.batcher`).
+            thread or process holds a core (see :mod:`tuneloop.serving.batcher`).
         inference_workers: batches computed at once, each on its own thread. 1 leaves the
             second core of the 2-core demo machine to the event loop and the trainer; 2 uses
             both cores on a dedicated 2-core server (the benchmark's setting).
         quantize: ``"int8"``: serve with dynamic int8 quantisation of every ``nn.Linear`` (CPU;
-            see :meth:`training.predict.Classifier.load`); ``"bf16"``: weights and activations
+            see :meth:`tuneloop.training.predict.Classifier.load`); ``"bf16"``: weights and activations
             in bfloat16 (fast only on CPUs with AVX512-BF16 or AMX, and on GPUs, which use bf16
             anyway); ``"none"``: the weights as saved (fp32 on CPU); ``"auto"``: on CPU, int8 when
             the model was trained for it (``serving_quantization: int8`` in its metadata,
             ``tuneloop train --quantize int8``), else bf16 when the CPU computes it natively
-            (:func:`serving.champion.cpu_has_native_bf16`), else fp32; on a GPU, bf16.
+            (:func:`tuneloop.serving.champion.cpu_has_native_bf16`), else fp32; on a GPU, bf16.
         traffic_log: log every prediction to ``traffic.db`` (off only for benchmarks: the
             monitor and ``/feedback`` need the log).
         log_sync: SQLite ``synchronous`` for the traffic log. ``normal``: a commit survives a
@@ -115,7 +115,7 @@ class ServeConfig(BaseModel):
     trace_requests: bool = False
 
     @model_validator(mode="after")
-    def _check_bounds(self) -> "ServeConfig":
+    def _check_bounds(self) -> ServeConfig:
         if self.request_timeout_s * 1000 <= self.max_latency_ms:
             raise ValueError(
                 f"{ENV_VARS['request_timeout_s']} ({self.request_timeout_s} s) must be larger than "
@@ -130,7 +130,7 @@ class ServeConfig(BaseModel):
         return self
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "ServeConfig":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServeConfig:
         """Build the config from environment variables (see ``ENV_VARS``).
 
         Args:

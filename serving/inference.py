@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from training.predict import Classifier
+from tuneloop.training.predict import Classifier
 
 DEFAULT_OVERHEAD_TOKENS = 64.0  # used when a measurement is not usable (about c0/c1 for MiniLM-L6, 1 thread)
 MAX_OVERHEAD_TOKENS = 4096.0  # a model whose per-pass overhead dominates (tiny test models): one group
@@ -73,7 +73,7 @@ def predict_proba(classifier: Classifier, texts: Sequence[str], overhead_tokens:
     """
     import torch
 
-    from training.heads import forward_logits
+    from tuneloop.training.heads import forward_logits
 
     n_labels = len(classifier.labels)
     if not texts:
@@ -103,7 +103,7 @@ def _timed_pass(classifier: Classifier, n_texts: int, n_tokens: int) -> float:
     """Seconds for one forward pass over ``n_texts`` texts of ``n_tokens`` tokens."""
     import torch
 
-    from training.heads import forward_logits
+    from tuneloop.training.heads import forward_logits
 
     token = min(1000, classifier.model.config.vocab_size - 1)  # any real token id
     ids = torch.full((n_texts, n_tokens), token, dtype=torch.long, device=classifier.device)

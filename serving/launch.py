@@ -2,7 +2,7 @@
 (``tuneloop serve``) and a context manager that runs it in the background (tests, the demo).
 
 The home and the serving settings travel to the service through environment variables
-(:meth:`training.home.Home.env` plus ``TUNELOOP_*``, see :mod:`serving.config`); the command line
+(:meth:`tuneloop.state.home.Home.env` plus ``TUNELOOP_*``, see :mod:`tuneloop.serving.config`); the command line
 only names the service and the address. The server binds 127.0.0.1 unless told otherwise.
 """
 
@@ -19,13 +19,16 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.home import Home
-from training.progress import QUIET_BARS_ENV
+import tuneloop
+from tuneloop.state.home import Home
+from tuneloop.training.progress import QUIET_BARS_ENV
 
-SERVICE_IMPORT = "serving.service:TuneloopService"
+SERVICE_IMPORT = "tuneloop.serving.service:TuneloopService"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 3000
-REPO_ROOT = Path(__file__).resolve().parents[1]  # holds serving/, training/ (editable install)
+# The folder that holds the `tuneloop` package (the repository root in an editable install,
+# site-packages otherwise): `bentoml serve` imports SERVICE_IMPORT from there.
+PACKAGE_PARENT = Path(tuneloop.__file__).resolve().parent.parent
 STOP_TIMEOUT_S = 20.0  # SIGTERM -> graceful shutdown of the arbiter and its worker, then SIGKILL
 LOG_TAIL_CHARS = 4000
 
@@ -60,7 +63,7 @@ def serve_command(home: Home, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
         raise FileNotFoundError(f"tuneloop home {home.root} does not exist: train a model into it first")
     return [
         sys.executable, "-m", "bentoml", "serve", SERVICE_IMPORT, "--host", host, "--port", str(port),
-        "--working-dir", str(REPO_ROOT),
+        "--working-dir", str(PACKAGE_PARENT),
     ]
 
 
@@ -167,7 +170,7 @@ def running_server(
     """Run the service in a background ``bentoml serve`` until the ``with`` block ends.
 
     The child's stdout and stderr go to ``<home>/logs/serve-<port>.log`` (so library progress bars
-    are off there: ``training.progress.QUIET_BARS_ENV``).
+    are off there: ``tuneloop.training.progress.QUIET_BARS_ENV``).
 
     Args:
         home: the tuneloop home to serve.
@@ -189,7 +192,7 @@ def running_server(
     url = f"http://{host}:{port}"
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
-            serve_command(home, host, port), env={**QUIET_BARS_ENV, **serve_env(home, env)}, cwd=REPO_ROOT,
+            serve_command(home, host, port), env={**QUIET_BARS_ENV, **serve_env(home, env)}, cwd=PACKAGE_PARENT,
             stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
     try:

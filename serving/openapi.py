@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from serving.middleware import REQUEST_ID_PATTERN, send_json
+from tuneloop.serving.middleware import REQUEST_ID_PATTERN, send_json
 
 ERROR_SCHEMA = {
     "type": "object",

@@ -6,15 +6,15 @@ Endpoints (POST, JSON): ``/classify`` (bad input gets HTTP 400 from pydantic, ``
 ``/admin/reload`` (bearer token). GET ``/healthz`` (alive), ``/readyz`` (a model is loaded and
 warmed up), ``/metrics``.
 
-A request's path: :mod:`serving.middleware` gives it a request id and bounds its body; pydantic
-checks the texts on the event loop; :mod:`serving.batcher` merges it with concurrent requests
+A request's path: :mod:`tuneloop.serving.middleware` gives it a request id and bounds its body; pydantic
+checks the texts on the event loop; :mod:`tuneloop.serving.batcher` merges it with concurrent requests
 into one batch on the inference thread (tokenisation + length-grouped forward passes,
-:mod:`serving.inference`); its predictions are handed to the group-commit log writer
-(:mod:`serving.log_writer`) and the answer is sent once they are committed (acknowledged =>
+:mod:`tuneloop.serving.inference`); its predictions are handed to the group-commit log writer
+(:mod:`tuneloop.serving.log_writer`) and the answer is sent once they are committed (acknowledged =>
 logged), while the inference thread already runs the next batch.
 
 The model served is the one the champion pointer (``<home>/champion.json``) names, not BentoML's
-``:latest`` (:class:`serving.champion.ChampionHolder`). With no champion the service starts but
+``:latest`` (:class:`tuneloop.serving.champion.ChampionHolder`). With no champion the service starts but
 stays unready (``/readyz`` 503, one log line) until one is promoted: a worker that raised in
 ``__init__`` would be restarted by BentoML every 10 s, forever, printing the same traceback.
 """
@@ -36,17 +36,21 @@ from bentoml.validators import ContentType
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 from starlette.responses import JSONResponse, Response
 
-from serving import metrics
-from serving.batcher import BatchInfo, MicroBatcher, QueueFullError, QueueTimeoutError
-from serving.champion import ChampionHolder, LiveModel
-from serving.config import ENV_VARS, ServeConfig
-from serving.log_writer import GroupCommitWriter, LogWriteError
-from serving.openapi import OpenAPIMiddleware
-from serving.middleware import (
-    SCOPE_RECEIVED_AT, SCOPE_REQUEST_ID, ModelReadyGuard, RequestContextMiddleware, new_id,
+from tuneloop.serving import metrics
+from tuneloop.serving.batcher import BatchInfo, MicroBatcher, QueueFullError, QueueTimeoutError
+from tuneloop.serving.champion import ChampionHolder, LiveModel
+from tuneloop.serving.config import ENV_VARS, ServeConfig
+from tuneloop.serving.log_writer import GroupCommitWriter, LogWriteError
+from tuneloop.serving.middleware import (
+    SCOPE_RECEIVED_AT,
+    SCOPE_REQUEST_ID,
+    ModelReadyGuard,
+    RequestContextMiddleware,
+    new_id,
 )
-from serving.traffic_log import PredictionRecord, TrafficLog, UnknownRequestError
-from training.home import Home
+from tuneloop.serving.openapi import OpenAPIMiddleware
+from tuneloop.state.home import Home
+from tuneloop.state.traffic_store import PredictionRecord, TrafficLog, UnknownRequestError
 
 # Input limits, the request timeout and the metrics switch are part of the API's types and of the
 # service and middleware configuration, which BentoML needs when the class is *defined*, so they

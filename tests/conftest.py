@@ -45,8 +45,8 @@ def write_tiny_model(path: Path, labels: list[str] = TINY_LABELS, seed: int = 0)
 
 def save_tiny_model(home, labels: list[str] = TINY_LABELS, seed: int = 0, reference_texts: list[str] | None = None) -> str:
     """Save a tiny model into ``home``'s store with the metadata the trainer writes; returns its tag."""
-    from training.predict import Classifier
-    from training.store import REFERENCE_FILE, save_model
+    from tuneloop.state.registry import REFERENCE_FILE, save_model
+    from tuneloop.training.predict import Classifier
 
     texts = reference_texts or [f"where is my card number {i}" for i in range(20)]
 
@@ -69,7 +69,7 @@ def save_tiny_model(home, labels: list[str] = TINY_LABELS, seed: int = 0, refere
 @pytest.fixture()
 def home(tmp_path):
     """A fresh, empty tuneloop home."""
-    from training.home import Home
+    from tuneloop.state.home import Home
 
     return Home(tmp_path / "home").ensure()
 
@@ -77,7 +77,7 @@ def home(tmp_path):
 @pytest.fixture()
 def champion_home(home):
     """A home whose champion is a tiny random model over TINY_LABELS."""
-    from training.store import promote
+    from tuneloop.state.registry import promote
 
     tag = save_tiny_model(home)
     promote(home, tag, reason="first model")

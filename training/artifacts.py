@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from training.card import model_card
-from training.config import TrainConfig
-from training.data import DataSplits
-from training.evaluate import evaluate_predictions
-from training.home import Home
-from training.model import default_base_model
-from training.predict import Classifier
-from training.store import REFERENCE_FILE, save_model
+from tuneloop.state.home import Home
+from tuneloop.state.registry import CALIBRATION_FILE, REFERENCE_FILE, save_model
+from tuneloop.training.card import model_card
+from tuneloop.training.config import TrainConfig
+from tuneloop.training.data import DataSplits
+from tuneloop.training.evaluate import evaluate_predictions
+from tuneloop.training.model import default_base_model
+from tuneloop.training.predict import Classifier
 
 EVALUATION_DIR = "evaluation"
 CARD_FILE = "MODEL_CARD.md"
@@ -43,7 +43,7 @@ def _summary(metrics: dict) -> dict:
 
 def save_result(home: Home, cfg: TrainConfig, splits: DataSplits, result, extra_meta: dict | None = None,
                 reference_rows: pd.DataFrame | None = None) -> str:
-    """Save a :class:`training.train.TrainResult` as a new model version; returns the tag.
+    """Save a :class:`tuneloop.training.train.TrainResult` as a new model version; returns the tag.
 
     The version folder holds ``model.safetensors``, ``config.json``, the tokenizer files,
     ``reference.jsonl``, ``evaluation/`` (metrics.json with per-class report and calibration,
@@ -75,7 +75,7 @@ def save_result(home: Home, cfg: TrainConfig, splits: DataSplits, result, extra_
         **(extra_meta or {}),
     }
     if cfg.quantize == "int8":
-        from training.quantize import compare_int8
+        from tuneloop.training.quantize import compare_int8
 
         metadata["int8"] = compare_int8(clf, test_texts, splits.test["label"].tolist())
         metadata["serving_quantization"] = "int8"
@@ -84,7 +84,7 @@ def save_result(home: Home, cfg: TrainConfig, splits: DataSplits, result, extra_
         clf.model.save_pretrained(path)
         clf.tokenizer.save_pretrained(path)
         reference.to_json(path / REFERENCE_FILE, orient="records", lines=True)
-        calibration[["label", "confidence", "true_label"]].to_json(path / "calibration.jsonl", orient="records",
+        calibration[["label", "confidence", "true_label"]].to_json(path / CALIBRATION_FILE, orient="records",
                                                                    lines=True)
         evaluate_predictions(test_texts, splits.test["label"].tolist(), proba, clf.labels, path / EVALUATION_DIR)
         (path / EVALUATION_DIR / "validation_metrics.json").write_text(json.dumps(result.val_metrics, indent=1))

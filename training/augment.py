@@ -159,7 +159,7 @@ def _seq2seq(model_dir: str, texts: list[str], max_new_tokens: int = 64, batch_s
     return out
 
 
-def augment(train: "pd.DataFrame", cfg: AugmentConfig) -> tuple["pd.DataFrame", dict[str, int]]:
+def augment(train: pd.DataFrame, cfg: AugmentConfig) -> tuple[pd.DataFrame, dict[str, int]]:
     """Augmented training frame (originals first) and the rows each method produced.
 
     Args:

@@ -19,7 +19,7 @@ def model_card(tag_name: str, metadata: dict, data_report: dict) -> str:
         f"- Base model: `{metadata['base_model']}`; transfer strategy `{cfg.get('method')}`"
         + (f" ({cfg.get('freeze_layers')} layers frozen)" if cfg.get("method") == "freeze" else "")
         + f"; {cfg.get('pooling', 'cls')} pooling",
-        "- Predict through `training.predict.Classifier` (or `training.heads.forward_logits`): it applies the pooling "
+        "- Predict through `tuneloop.training.predict.Classifier` (or `tuneloop.training.heads.forward_logits`): it applies the pooling "
         "recorded as `tuneloop_pooling` in `config.json`; a plain `AutoModelForSequenceClassification` forward uses the "
         "[CLS] pooler whatever the recorded pooling.",
         f"- Labels: {len(metadata['labels'])}; trained {metadata['epochs_run']:g} epochs in {metadata['train_seconds']} s",

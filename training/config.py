@@ -8,8 +8,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from training.augment import AugmentConfig
-from training.store import DEFAULT_MODEL_NAME
+from tuneloop.state.registry import DEFAULT_MODEL_NAME
+from tuneloop.training.augment import AugmentConfig
 
 Method = Literal["full", "lora", "freeze", "head"]
 Preset = Literal["quick", "full", "all_layers"]
@@ -79,7 +79,7 @@ class TrainConfig(BaseModel):
     progress: bool = Field(True, description="Show progress bars.")
 
     @model_validator(mode="after")
-    def _check(self) -> "TrainConfig":
+    def _check(self) -> TrainConfig:
         if self.method == "freeze" and not self.freeze_layers:
             raise ValueError("method freeze needs freeze_layers >= 1 (or use method head to freeze every layer)")
         if self.base_model is not None and not self.base_model.startswith("hf:") and not Path(self.base_model).is_dir():
@@ -87,7 +87,7 @@ class TrainConfig(BaseModel):
         return self
 
     @classmethod
-    def for_preset(cls, preset: Preset, **overrides) -> "TrainConfig":
+    def for_preset(cls, preset: Preset, **overrides) -> TrainConfig:
         """The ``quick`` or ``full`` preset with ``overrides`` on top (None values are ignored)."""
         values = dict(PRESETS[preset])
         if overrides.get("method") not in (None, "freeze"):
@@ -96,13 +96,34 @@ class TrainConfig(BaseModel):
         return cls(**values)
 
     @classmethod
-    def from_yaml(cls, path: Path, **overrides) -> "TrainConfig":
+    def from_yaml(cls, path: Path, **overrides) -> TrainConfig:
         """Load a YAML file of fields; ``overrides`` (non-None) win. Raises ValueError on unknown fields."""
         values = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(values, dict):
             raise ValueError(f"{path}: expected a mapping of TrainConfig fields")
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+# Every field is either data configuration (what the model learns from and how it is identified:
+# retraining inherits these from the champion) or recipe (how it trains: retraining takes them from
+# its preset). tests/unit/test_training.py checks that each field is in exactly one group, so a new
+# field cannot be silently dropped by retraining.
+DATA_FIELDS: frozenset[str] = frozenset({
+    "data", "text_column", "label_column", "base_model", "max_length", "val_fraction", "test_fraction", "seed",
+    "max_train_per_label", "model_name", "reference_size", "max_text_chars", "label_normalisation", "leakage",
+})
+RECIPE_FIELDS: frozenset[str] = frozenset({
+    "method", "freeze_layers", "cache_frozen", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+    "pooling", "epochs", "batch_size", "learning_rate", "head_lr_multiplier", "lr_scheduler",
+    "gradient_accumulation", "label_smoothing", "dropout", "warmup_ratio", "weight_decay", "padding",
+    "group_by_length", "patience", "augment", "quantize", "progress",
+})
+
+
+def data_config(values: dict) -> dict:
+    """The data-configuration fields (:data:`DATA_FIELDS`) of a saved ``TrainConfig`` dict."""
+    return {k: v for k, v in values.items() if k in DATA_FIELDS}
 
 
 # quick: what the demo and the retraining loop use (minutes on 2 CPU cores): the embeddings and

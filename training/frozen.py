@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from training.heads import head_logits
+from tuneloop.training.heads import head_logits
 
 
 def run_layers(base, hidden: torch.Tensor, attention_mask: torch.Tensor, layers) -> torch.Tensor:
@@ -110,7 +110,7 @@ def collate_states(items: list[dict]) -> dict[str, torch.Tensor]:
 
 
 class TopStack(nn.Module):
-    """Encoder layers ``depth..L`` + pooling (:mod:`training.heads`) + dropout + classifier of
+    """Encoder layers ``depth..L`` + pooling (:mod:`tuneloop.training.heads`) + dropout + classifier of
     ``model``, fed with cached states; shares (does not copy) the modules, so training it trains ``model``.
 
     Args:

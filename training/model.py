@@ -3,7 +3,7 @@ strategy applied (full, LoRA, frozen bottom layers, frozen encoder), and its opt
 
 from __future__ import annotations
 
-from training.config import TrainConfig
+from tuneloop.training.config import TrainConfig
 
 
 def default_base_model() -> str:
@@ -32,7 +32,7 @@ def build_model(cfg: TrainConfig, labels: list[str]):
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from training.heads import check_pooling
+    from tuneloop.training.heads import check_pooling
 
     hf_logging.set_verbosity_error()
     base = cfg.base_model or default_base_model()

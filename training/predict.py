@@ -31,7 +31,7 @@ class Classifier:
     Attributes:
         tokenizer: a fast Hugging Face tokenizer.
         model: an ``AutoModelForSequenceClassification`` in eval mode on ``device``; its logits
-            come from :func:`training.heads.forward_logits` (the pooling it was trained with).
+            come from :func:`tuneloop.training.heads.forward_logits` (the pooling it was trained with).
         labels: label names, index i is the model's output i.
         device: ``"cpu"`` or ``"cuda"``.
         max_length: tokens kept per text (longer texts are truncated).
@@ -47,7 +47,7 @@ class Classifier:
     def load(
         cls, path: Path | str, device: str | None = None, max_length: int = DEFAULT_MAX_LENGTH,
         quantize: str | None = None,
-    ) -> "Classifier":
+    ) -> Classifier:
         """Load a model folder. On CUDA the weights are cast to bf16.
 
         Args:
@@ -83,7 +83,7 @@ class Classifier:
         if quantize == "int8":
             import warnings
 
-            from training.quantize import quantize_int8  # imports this module: imported here, not at the top
+            from tuneloop.training.quantize import quantize_int8  # imports this module: imported here, not at the top
 
             with warnings.catch_warnings():  # torch 2.13 deprecation notices of torch.ao, once per load
                 warnings.simplefilter("ignore")
@@ -98,7 +98,7 @@ class Classifier:
         """
         import torch
 
-        from training.heads import forward_logits
+        from tuneloop.training.heads import forward_logits
 
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)

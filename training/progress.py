@@ -3,7 +3,7 @@
 On a terminal, progress bars redraw in place (tqdm, through the Trainer). Anywhere else (CI, a
 piped command, ``serve-*.log``, ``monitor.log``, the demo's subprocesses) a bar would write one
 carriage-return update per step, thousands of them per run. There, bars are off and
-:class:`training.progress_lines.ProgressLines` writes one plain line at most every :data:`LOG_EVERY_S` seconds instead.
+:class:`tuneloop.training.progress_lines.ProgressLines` writes one plain line at most every :data:`LOG_EVERY_S` seconds instead.
 The libraries' own bars (model loading, ``datasets.map``) follow the same rule through
 :data:`QUIET_BARS_ENV`, set by the console script when stderr is not a terminal and given to every
 child process whose output goes to a log file.

@@ -1,4 +1,4 @@
-"""The Trainer callback behind readable training logs off a terminal (see :mod:`training.progress`)."""
+"""The Trainer callback behind readable training logs off a terminal (see :mod:`tuneloop.training.progress`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import IO
 
 from transformers import TrainerCallback
 
-from training.progress import LOG_EVERY_S, format_duration
+from tuneloop.training.progress import LOG_EVERY_S, format_duration
 
 
 class ProgressLines(TrainerCallback):

@@ -11,8 +11,8 @@ from __future__ import annotations
 import copy
 import time
 
-from training.evaluate import classification_metrics
-from training.predict import Classifier
+from tuneloop.training.evaluate import classification_metrics
+from tuneloop.training.predict import Classifier
 
 
 def quantize_int8(clf: Classifier) -> Classifier:

@@ -16,15 +16,15 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from training.artifacts import reference_sample, save_result  # noqa: F401  (re-exported)
-from training.augment import augment
-from training.config import TrainConfig
-from training.data import DataSplits, load_splits_for
-from training.evaluate import classification_metrics
-from training.home import Home
-from training.model import build_model, default_base_model, make_optimizer  # noqa: F401  (re-exported)
-from training.predict import Classifier, pick_device
-from training.store import promote_if_first
+from tuneloop.state.home import Home
+from tuneloop.state.registry import promote_if_first
+from tuneloop.training.artifacts import reference_sample, save_result  # noqa: F401  (re-exported)
+from tuneloop.training.augment import augment
+from tuneloop.training.config import TrainConfig
+from tuneloop.training.data import DataSplits, load_splits_for
+from tuneloop.training.evaluate import classification_metrics
+from tuneloop.training.model import build_model, default_base_model, make_optimizer  # noqa: F401  (re-exported)
+from tuneloop.training.predict import Classifier, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def _encode(tokenizer, df: pd.DataFrame, label2id: dict[str, int], max_length: i
 
 
 def _cached(model, tokenizer, df: pd.DataFrame, label2id: dict[str, int], cfg: TrainConfig, depth: int, device: str):
-    from training.frozen import CachedStates, cache_hidden_states
+    from tuneloop.training.frozen import CachedStates, cache_hidden_states
 
     ids = tokenizer(df["text"].tolist(), truncation=True, max_length=cfg.max_length)["input_ids"]
     return CachedStates(cache_hidden_states(model, ids, depth, device=device), [label2id[l] for l in df["label"]])
@@ -81,10 +81,10 @@ def fine_tune(cfg: TrainConfig, splits: DataSplits, extra_train: pd.DataFrame | 
     text/label), early-stop on ``splits.validation`` macro F1, evaluate on ``splits.test``.
     ``callbacks`` are extra ``TrainerCallback``s (the tuner's pruning). Nothing is saved."""
     import torch
-    from training.progress import on_terminal
-    from training.progress_lines import ProgressLines
-    from transformers import (DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments,
-                              set_seed)
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
+
+    from tuneloop.training.progress import on_terminal
+    from tuneloop.training.progress_lines import ProgressLines
 
     set_seed(cfg.seed)
     labels = splits.labels
@@ -100,7 +100,7 @@ def fine_tune(cfg: TrainConfig, splits: DataSplits, extra_train: pd.DataFrame | 
     start = time.perf_counter()
     cache_seconds = 0.0
     if cfg.method in ("freeze", "head") and cfg.cache_frozen:
-        from training.frozen import TopStack, collate_states, frozen_depth
+        from tuneloop.training.frozen import TopStack, collate_states, frozen_depth
 
         depth = frozen_depth(model)
         model.to(device)
@@ -109,7 +109,7 @@ def fine_tune(cfg: TrainConfig, splits: DataSplits, extra_train: pd.DataFrame | 
         cache_seconds = time.perf_counter() - start
         trained, collator = TopStack(model, depth, cfg.label_smoothing), collate_states
     else:
-        from training.heads import PooledClassifier
+        from tuneloop.training.heads import PooledClassifier
 
         train_ds = _encode(tokenizer, train_df, label2id, cfg.max_length, cfg.padding)
         val_ds = _encode(tokenizer, val_df, label2id, cfg.max_length, cfg.padding)
@@ -164,7 +164,7 @@ def train(cfg: TrainConfig, home: Home, splits: DataSplits | None = None, extra_
     model the champion if the home has none yet.
 
     Raises:
-        training.data.DataError: the data cannot be used (message says why).
+        tuneloop.training.data.DataError: the data cannot be used (message says why).
     """
     splits = splits or load_splits_for(cfg)
     result = fine_tune(cfg, splits, extra_train)

@@ -3,7 +3,7 @@ validation macro F1 reported after every epoch, a budget in trials and minutes, 
 configuration written as a YAML file that ``tuneloop train --config`` accepts.
 
 Optuna directly (not ``Trainer.hyperparameter_search``) so the search runs the same
-:func:`training.train.fine_tune` as ``tuneloop train``: what was tuned is what gets trained.
+:func:`tuneloop.training.train.fine_tune` as ``tuneloop train``: what was tuned is what gets trained.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from training.config import TrainConfig
-from training.data import load_splits_for
+from tuneloop.training.config import TrainConfig
+from tuneloop.training.data import load_splits_for
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def tune(base: TrainConfig, space: TuneConfig, out_path: Path) -> TuneResult:
     """
     import optuna
 
-    from training.train import fine_tune
+    from tuneloop.training.train import fine_tune
 
     splits = load_splits_for(base)
 

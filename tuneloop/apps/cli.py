@@ -1,0 +1,45 @@
+"""The ``tuneloop`` console script: one subcommand per job.
+
+Lives in ``monitoring`` because it is the one package allowed to import the other two. Each
+subcommand is a thin layer; importing this module loads no model and no heavy library.
+"""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+from tuneloop.apps.demo_cli import demo
+from tuneloop.apps.monitor_cli import monitor
+from tuneloop.apps.serve_cli import serve
+from tuneloop.apps.train_cli import fields_help, train, tune
+
+app = typer.Typer(
+    name="tuneloop",
+    help="Fine-tune a transformer text classifier, serve it (BentoML), watch it drift (Evidently), "
+         "retrain, gate and hot-swap it. Run state lives in --home (default ./.tuneloop).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _main() -> None:
+    """Runs before every subcommand: opt out of telemetry (nothing here phones home); off a
+    terminal, no library progress bars (see ``tuneloop.training.progress``)."""
+    from tuneloop.training.progress import QUIET_BARS_ENV, on_terminal
+
+    for var, value in (("BENTOML_DO_NOT_TRACK", "true"), ("DO_NOT_TRACK", "1"), ("HF_HUB_DISABLE_TELEMETRY", "1"),
+                       ("TOKENIZERS_PARALLELISM", "false"), *(() if on_terminal() else QUIET_BARS_ENV.items())):
+        os.environ.setdefault(var, value)
+
+
+app.command("train", epilog=fields_help())(train)
+app.command("tune")(tune)
+app.command("serve")(serve)
+app.command("monitor")(monitor)
+app.command("demo")(demo)
+
+if __name__ == "__main__":
+    app()

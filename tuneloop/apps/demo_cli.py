@@ -1,0 +1,91 @@
+"""``tuneloop demo``: a thin Typer layer over :func:`tuneloop.apps.demo.run_demo`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+from tuneloop.state.home import DEFAULT_HOME
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def print_summary(report: dict, run_dir: Path) -> None:
+    """Print the demo's summary tables (rich) to stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    init = report["initial_model"]
+    console.print(f"[bold]initial model[/] {init['tag']}: test accuracy {init['test_accuracy']:.4f} "
+                  f"(well-covered intents, {init['test_rows']} rows), macro F1 {init['test_macro_f1']:.4f}; "
+                  f"whole test split {init['test_accuracy_all']:.4f} ({init['test_rows_all']} rows)")
+    table = Table(title="phases")
+    for col in ("phase", "requests", "failed", "live accuracy", "drift alarms", "windows", "feedback"):
+        table.add_column(col, justify="right" if col != "phase" else "left")
+    for p in report["phases"]:
+        table.add_row(p["name"], str(p["requests"]), str(p["failed_requests"]), _fmt(p["live_accuracy"]),
+                      str(p["drift_alarms"]), str(p["windows_judged"]), str(p["feedback_sent"]))
+    console.print(table)
+    r = report["retrain"]
+    console.print(f"drift onset at request {_fmt(report['drift_onset_request'])}, detected at "
+                  f"{_fmt(report['drift_detected_at_request'])} (delay {_fmt(report['detection_delay_requests'])})")
+    console.print(f"retrain: triggered={r['triggered']} promoted={r['promoted']} challenger {_fmt(r['challenger_tag'])} "
+                  f"holdout accuracy {_fmt(r['challenger_accuracy'])} vs champion {_fmt(r['champion_accuracy'])} "
+                  f"({_fmt(r['seconds'])} s); swap failed requests {report['swap']['failed_requests']}")
+    checks = Table(title="checks")
+    checks.add_column("criterion")
+    checks.add_column("ok")
+    for name, ok in report["checks"].items():
+        checks.add_row(name, "[green]yes[/]" if ok else "[red]NO[/]")
+    console.print(checks)
+    console.print(f"wall {report['wall_seconds']:.0f} s; report: {run_dir / 'report.json'}")
+
+
+def demo(
+    data: str = typer.Option(..., "--data", help="Banking77 folder with train.csv and test.csv (text, category), "
+                             "e.g. ../shared/data/banking77, or hf:PolyAI/banking77 (needs the network)."),
+    quick: bool = typer.Option(False, "--quick", help="Quick preset: smaller phases, quick training (minutes on CPU)."),
+    scarce_intents: int = typer.Option(10, help="Intents that keep only --scarce-examples training rows."),
+    scarce_examples: int = typer.Option(5, help="Training rows kept per scarce intent."),
+    feedback_share: float = typer.Option(0.3, help="Share of requests that reviewers label through /feedback."),
+    seed: int = typer.Option(0, help="Seed of intents, pools, queries, typos and feedback."),
+    home: Path = typer.Option(DEFAULT_HOME, "--home", envvar="TUNELOOP_HOME",
+                              help="Run-state folder; the demo runs in <home>/runs/demo-<time>/."),
+    verbose: bool = typer.Option(False, "--verbose", help="Log progress of every stage."),
+) -> None:
+    """Run the whole loop on Banking77: train, serve, replay traffic, drift, retrain, gate, hot-swap.
+
+    Writes report.json in the run folder and prints a summary. Exits 0 when every check passes
+    (initial accuracy, no false alarm, detection delay, promotion, accuracy gain, zero failed
+    requests), 1 otherwise, 2 on bad input.
+    """
+    from pydantic import ValidationError
+
+    from tuneloop.apps.demo import DemoConfig, DemoFailed, run_demo
+    from tuneloop.state.home import Home
+    from tuneloop.training.data import DataError
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per replayed request otherwise
+    try:
+        cfg = DemoConfig(data=data, quick=quick, scarce_intents=scarce_intents, scarce_examples=scarce_examples,
+                         feedback_share=feedback_share, seed=seed)
+        report, run_dir = run_demo(cfg, Home(home))
+    except (ValidationError, DataError, ValueError) as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    except DemoFailed as exc:
+        typer.secho(f"error: {exc}\n(the traceback is in {exc.run_dir / 'error.txt'}; the service and monitor "
+                    f"logs in {exc.run_dir / 'logs'})", fg="red", err=True)
+        raise typer.Exit(1) from exc
+    print_summary(report, run_dir)
+    if not all(report["checks"].values()):
+        raise typer.Exit(1)

@@ -1,0 +1,77 @@
+"""The traffic store's schema: one SQLAlchemy declarative base for every table tuneloop keeps.
+
+Tables (their history is in :mod:`tuneloop.state.migrations`; change them only through a new
+migration):
+
+    predictions: seq (autoincrement order), request_id (unique), created_at (Unix s), text,
+        label, confidence (0..1), top3 (JSON list of [label, prob]), model_tag, latency_ms,
+        http_request_id (the ``X-Request-ID`` of the HTTP request that carried the text).
+    feedback: seq, request_id (unique; a second feedback for the same id replaces the label),
+        true_label, created_at.
+    decisions: one row per monitoring cycle that judged a window: its seq range and size, every
+        signal (JSON), the decision and its reason, champion and challenger tags, the retrain
+        outcome (JSON) and the report's path.
+    monitor_state: key -> JSON value (the monitor's cursors, so a restart resumes).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Boolean, Float, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table in the traffic store."""
+
+
+class Prediction(Base):
+    """One answered text."""
+
+    __tablename__ = "predictions"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    created_at: Mapped[float] = mapped_column(Float, index=True)
+    text: Mapped[str] = mapped_column(Text)
+    label: Mapped[str] = mapped_column(String(256))
+    confidence: Mapped[float] = mapped_column(Float)
+    top3: Mapped[str] = mapped_column(Text)
+    model_tag: Mapped[str] = mapped_column(String(256))
+    latency_ms: Mapped[float] = mapped_column(Float)
+    http_request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+class Feedback(Base):
+    """A reviewer's true label for one logged prediction."""
+
+    __tablename__ = "feedback"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    true_label: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Decision(Base):
+    """One monitoring decision (the audit trail)."""
+
+    __tablename__ = "decisions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[float] = mapped_column(Float, index=True)
+    window_start_seq: Mapped[int] = mapped_column(Integer)
+    window_end_seq: Mapped[int] = mapped_column(Integer)
+    window_size: Mapped[int] = mapped_column(Integer)
+    signals: Mapped[str] = mapped_column(Text)
+    degraded: Mapped[bool] = mapped_column(Boolean)
+    decision: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(Text)
+    champion_tag: Mapped[str] = mapped_column(String(256))
+    challenger_tag: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    retrain: Mapped[str | None] = mapped_column(Text, nullable=True)
+    report_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class MonitorState(Base):
+    """A persisted monitor value (JSON), by key."""
+
+    __tablename__ = "monitor_state"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
