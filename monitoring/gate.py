@@ -14,14 +14,14 @@ from typing import Literal
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from tuneloop.training.evaluate import classification_metrics
-from tuneloop.training.predict import Classifier
+from tuneloop.training.task import Task
 
 
 class GateConfig(BaseModel):
     """When a challenger may replace the champion."""
 
-    metric: Literal["macro_f1", "accuracy"] = Field("macro_f1", description="Metric compared on the holdout.")
+    metric: Literal["macro_f1", "accuracy"] | None = Field(
+        None, description="Metric compared on the holdout; None: the task's primary metric (classification: macro_f1).")
     min_gain: float = Field(0.01, ge=-1, le=1, description="Challenger must beat the champion by this much (absolute; negative tolerates a loss).")
     max_accuracy_drop: float = Field(0.0, ge=0, le=1, description="Accuracy may not fall by more than this.")
 
@@ -37,30 +37,35 @@ class GateResult:
     holdout_rows: int
 
 
-def score(clf: Classifier, holdout: pd.DataFrame) -> dict:
-    """``classification_metrics`` of ``clf`` on ``holdout`` (columns text, label), without per-class detail."""
-    pred, _ = clf.predict(holdout["text"].tolist())
-    return classification_metrics(holdout["label"].tolist(), pred, per_class=False)
+def judge(champion: dict, challenger: dict, cfg: GateConfig, holdout_rows: int,
+          primary_metric: str = "macro_f1") -> GateResult:
+    """Pure verdict on two metric dicts (``accuracy``, ``macro_f1``, ...).
 
-
-def judge(champion: dict, challenger: dict, cfg: GateConfig, holdout_rows: int) -> GateResult:
-    """Pure verdict on two metric dicts (``accuracy``, ``macro_f1``, ...)."""
-    gain = challenger[cfg.metric] - champion[cfg.metric]
+    Args:
+        champion, challenger: each model's metrics on the same holdout.
+        cfg: the gate's thresholds; ``cfg.metric`` None means ``primary_metric``.
+        holdout_rows: how many rows both were scored on (for the reason).
+        primary_metric: the task's primary metric.
+    """
+    metric = cfg.metric or primary_metric
+    gain = challenger[metric] - champion[metric]
     acc_drop = champion["accuracy"] - challenger["accuracy"]
     ok = gain >= cfg.min_gain and acc_drop <= cfg.max_accuracy_drop
-    reason = (f"{cfg.metric}: challenger {challenger[cfg.metric]:.4f} vs champion {champion[cfg.metric]:.4f} "
+    reason = (f"{metric}: challenger {challenger[metric]:.4f} vs champion {champion[metric]:.4f} "
               f"(gain {gain:+.4f}, needs >= {cfg.min_gain:.4f}); accuracy {challenger['accuracy']:.4f} vs "
               f"{champion['accuracy']:.4f} (drop {acc_drop:+.4f}, allowed <= {cfg.max_accuracy_drop:.4f}) "
               f"on {holdout_rows} holdout rows -> {'promote' if ok else 'keep champion'}")
     return GateResult(champion=champion, challenger=challenger, promoted=ok, reason=reason, holdout_rows=holdout_rows)
 
 
-def run_gate(champion: Classifier, challenger: Classifier, holdout: pd.DataFrame, cfg: GateConfig) -> GateResult:
-    """Score both models on ``holdout`` and judge.
+def run_gate(task: Task, champion, challenger, holdout: pd.DataFrame, cfg: GateConfig) -> GateResult:
+    """Score both predictors on ``holdout`` with ``task.evaluate`` and judge on ``task.primary_metric``
+    (unless ``cfg.metric`` names another).
 
     Raises:
         ValueError: the holdout is empty.
     """
     if holdout.empty:
         raise ValueError("the gate needs a non-empty holdout")
-    return judge(score(champion, holdout), score(challenger, holdout), cfg, len(holdout))
+    return judge(task.evaluate(champion, holdout), task.evaluate(challenger, holdout), cfg, len(holdout),
+                 primary_metric=task.primary_metric)

@@ -20,9 +20,7 @@ from tuneloop.monitoring.gate import GateConfig, run_gate
 from tuneloop.state.home import Home
 from tuneloop.state.registry import get_model, promote
 from tuneloop.training.config import TrainConfig, data_config
-from tuneloop.training.data import load_splits_for
-from tuneloop.training.predict import Classifier
-from tuneloop.training.train import fine_tune, save_result
+from tuneloop.training.task import task_of
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +94,12 @@ def retrain_and_gate(home: Home, champion_tag: str, labelled: pd.DataFrame, cfg:
     """
     start = time.perf_counter()
     champion = get_model(home, champion_tag)
+    task = task_of(dict(champion.info.metadata))
     # the champion's whole data configuration; the recipe comes from the retraining preset
     base = TrainConfig.for_preset(cfg.preset, **data_config(champion.info.metadata["train_config"]))
     # progress lines (one per 10 s off a terminal, tuneloop.training.progress) go to the monitor's log
     train_cfg = base.model_copy(update={**cfg.overrides, "progress": True})
-    splits = load_splits_for(train_cfg)
+    splits = task.load_splits(train_cfg)
     fb_train, fb_held = split_feedback(labelled, cfg.holdout_feedback_fraction)
     fb_train = fb_train[fb_train["label"].isin(splits.labels)]
     holdout = pd.concat([splits.test[["text", "label"]], fb_held], ignore_index=True)
@@ -108,11 +107,12 @@ def retrain_and_gate(home: Home, champion_tag: str, labelled: pd.DataFrame, cfg:
     extra = pd.concat([fb_train] * cfg.feedback_weight, ignore_index=True) if len(fb_train) else None
     log.info("retraining %s on %d rows + %d feedback rows (x%d)", champion_tag, len(splits.train), len(fb_train),
              cfg.feedback_weight)
-    result = fine_tune(train_cfg, splits, extra_train=extra)
-    challenger_tag = save_result(home, train_cfg, splits, result,
-                                 extra_meta={"parent": champion_tag, "feedback_rows": len(fb_train)},
-                                 reference_rows=_reference_rows(recent_unlabelled, fb_held))
-    verdict = run_gate(Classifier.load(champion.path, device=result.classifier.device), result.classifier, holdout, cfg.gate)
+    result = task.fine_tune(train_cfg, splits, extra_train=extra)
+    challenger_tag = task.save(home, train_cfg, splits, result,
+                               extra_meta={"parent": champion_tag, "feedback_rows": len(fb_train)},
+                               reference_rows=_reference_rows(recent_unlabelled, fb_held))
+    champion_predictor = task.load_predictor(champion.path, device=result.classifier.device)
+    verdict = run_gate(task, champion_predictor, result.classifier, holdout, cfg.gate)
     if verdict.promoted:
         promote(home, challenger_tag, reason=verdict.reason)
     return RetrainOutcome(

@@ -22,6 +22,7 @@ from tuneloop.serving import inference, metrics
 from tuneloop.state.home import Home
 from tuneloop.state.registry import ModelNotFoundError, get_model, read_champion
 from tuneloop.training.predict import Classifier, pick_device
+from tuneloop.training.task import task_of
 
 log = logging.getLogger("bentoml.service.tuneloop")  # under "bentoml": shown by `bentoml serve`
 
@@ -120,7 +121,7 @@ def load_checked(home: Home, tag: str, quantize: str = "none") -> LiveModel:
         raise ModelSwapError("not_found", str(exc)) from exc
     precision = resolve_quantize(quantize, dict(stored.info.metadata))
     try:
-        classifier = Classifier.load(stored.path, quantize=precision)
+        classifier = task_of(dict(stored.info.metadata)).load_predictor(stored.path, precision=precision)
     except Exception as exc:  # anything wrong with an unvetted folder must leave the old model serving
         raise ModelSwapError("load", f"model {tag} failed to load: {type(exc).__name__}: {exc}") from exc
     try:

@@ -19,6 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from tuneloop.state.home import DEFAULT_HOME, HOME_ENV
 
 # Field name -> environment variable. Unset or empty variables keep the default.
+# Retry-After (seconds) of a 503: an overloaded queue or a failed log write clears within a batch
+# or two (tens of ms), so 1 s; no model loaded yet means a load and warm-up in progress (~2-5 s for
+# MiniLM on 2 CPU cores, the serving README's measurements), so 5 s.
+RETRY_AFTER_OVERLOADED_S = 1
+RETRY_AFTER_NO_MODEL_S = 5
+
 ENV_VARS: dict[str, str] = {
     "home": HOME_ENV,
     "max_text_chars": "TUNELOOP_MAX_TEXT_CHARS",

@@ -13,6 +13,8 @@ import os
 import re
 import time
 
+from tuneloop.serving.config import RETRY_AFTER_NO_MODEL_S
+
 REQUEST_ID_HEADER = "x-request-id"
 # Accepted client request ids: printable, no spaces or quotes (they go into logs and the DB).
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
@@ -164,7 +166,7 @@ class ModelReadyGuard:
         if scope["type"] == "http" and scope.get("path") in self.GUARDED:
             reason = getattr(_current_service(), "unready_reason", None)
             if reason is not None:
-                await send_json(send, 503, {"error": f"no model is serving yet: {reason}"}, [(b"retry-after", b"5")])
+                await send_json(send, 503, {"error": f"no model is serving yet: {reason}"}, [(b"retry-after", str(RETRY_AFTER_NO_MODEL_S).encode())])
                 return
         await self.app(scope, receive, send)
 

@@ -39,7 +39,7 @@ from starlette.responses import JSONResponse, Response
 from tuneloop.serving import metrics
 from tuneloop.serving.batcher import BatchInfo, MicroBatcher, QueueFullError, QueueTimeoutError
 from tuneloop.serving.champion import ChampionHolder, LiveModel
-from tuneloop.serving.config import ENV_VARS, ServeConfig
+from tuneloop.serving.config import ENV_VARS, RETRY_AFTER_OVERLOADED_S, ServeConfig
 from tuneloop.serving.log_writer import GroupCommitWriter, LogWriteError
 from tuneloop.serving.middleware import (
     SCOPE_RECEIVED_AT,
@@ -239,9 +239,9 @@ class TuneloopService:
         try:
             records = await self._batcher.submit([_Item(text, received_at, http_id, new_id()) for text in texts])
         except (QueueFullError, QueueTimeoutError) as exc:
-            return _error(ctx, 503, f"the service is overloaded: {exc}; retry later", retry_after_s=1)
+            return _error(ctx, 503, f"the service is overloaded: {exc}; retry later", retry_after_s=RETRY_AFTER_OVERLOADED_S)
         except LogWriteError as exc:
-            return _error(ctx, 503, str(exc), retry_after_s=1)
+            return _error(ctx, 503, str(exc), retry_after_s=RETRY_AFTER_OVERLOADED_S)
         return Response(json.dumps([
             {"request_id": r.request_id, "label": r.label, "confidence": r.confidence,
              "top3": [{"label": label, "probability": p} for label, p in r.top3], "model_tag": r.model_tag}

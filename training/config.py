@@ -24,6 +24,8 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    task: Literal["classification"] = Field("classification", description="Kind of model (the task seam, "
+                                            "tuneloop.training.task): classification.")
     data: str = Field(description="Folder with train.{csv,jsonl,parquet} (and test.*), one file, or hf:NAME.")
     text_column: str = Field("text", description="Column holding the text.")
     label_column: str = Field("category", description="Column holding the label.")
@@ -110,7 +112,7 @@ class TrainConfig(BaseModel):
 # its preset). tests/unit/test_training.py checks that each field is in exactly one group, so a new
 # field cannot be silently dropped by retraining.
 DATA_FIELDS: frozenset[str] = frozenset({
-    "data", "text_column", "label_column", "base_model", "max_length", "val_fraction", "test_fraction", "seed",
+    "task", "data", "text_column", "label_column", "base_model", "max_length", "val_fraction", "test_fraction", "seed",
     "max_train_per_label", "model_name", "reference_size", "max_text_chars", "label_normalisation", "leakage",
 })
 RECIPE_FIELDS: frozenset[str] = frozenset({

@@ -21,7 +21,7 @@ from tuneloop.state.registry import promote_if_first
 from tuneloop.training.artifacts import reference_sample, save_result  # noqa: F401  (re-exported)
 from tuneloop.training.augment import augment
 from tuneloop.training.config import TrainConfig
-from tuneloop.training.data import DataSplits, load_splits_for
+from tuneloop.training.data import DataSplits
 from tuneloop.training.evaluate import classification_metrics
 from tuneloop.training.model import build_model, default_base_model, make_optimizer  # noqa: F401  (re-exported)
 from tuneloop.training.predict import Classifier, pick_device
@@ -161,13 +161,17 @@ def fine_tune(cfg: TrainConfig, splits: DataSplits, extra_train: pd.DataFrame | 
 def train(cfg: TrainConfig, home: Home, splits: DataSplits | None = None, extra_train: pd.DataFrame | None = None,
           extra_meta: dict | None = None) -> TrainResult:
     """Load data (unless ``splits`` is given), fine-tune, evaluate, save to the store, and make the
-    model the champion if the home has none yet.
+    model the champion if the home has none yet; each step through the task of ``cfg.task``
+    (:mod:`tuneloop.training.task`).
 
     Raises:
         tuneloop.training.data.DataError: the data cannot be used (message says why).
     """
-    splits = splits or load_splits_for(cfg)
-    result = fine_tune(cfg, splits, extra_train)
-    result.tag = save_result(home, cfg, splits, result, extra_meta)
+    from tuneloop.training.task import get_task
+
+    task = get_task(cfg.task)
+    splits = splits or task.load_splits(cfg)
+    result = task.fine_tune(cfg, splits, extra_train)
+    result.tag = task.save(home, cfg, splits, result, extra_meta)
     result.promoted = promote_if_first(home, result.tag)
     return result
