@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tuneloop.serving import inference, metrics
+from tuneloop.serving.tasks import ModelSwapError, serving_task
 from tuneloop.state.home import Home
 from tuneloop.state.registry import ModelNotFoundError, get_model, read_champion
 from tuneloop.training.predict import Classifier, pick_device
@@ -26,7 +27,6 @@ from tuneloop.training.task import task_of
 
 log = logging.getLogger("bentoml.service.tuneloop")  # under "bentoml": shown by `bentoml serve`
 
-SMOKE_TEXTS = ["where is my new card?", "I want a refund"]  # a new model must classify these
 LOADER_NICE = 10  # loads run at this nice value: serving threads (nice 0) get ~10x its CPU share; measured
 # with MiniLM under load: the worst latency of requests in flight during a swap fell from ~0.5-0.7 s to ~0.25-0.4 s
 
@@ -40,12 +40,14 @@ class LiveModel:
         classifier: the model; never mutated once live, so in-flight batches keep their reference.
         overhead_tokens: its measured per-forward-pass overhead in tokens (length grouping).
         precision: what it computes in: ``"fp32"``, ``"bf16"`` or ``"int8"`` (see :func:`resolve_quantize`).
+        task: the task it serves (:mod:`tuneloop.serving.tasks`).
     """
 
     tag: str
     classifier: Classifier
     overhead_tokens: float = inference.DEFAULT_OVERHEAD_TOKENS
     precision: str = "fp32"
+    task: str = "classification"
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         """Class probabilities, shape ``(len(texts), n_labels)``, computed in length groups."""
@@ -60,14 +62,6 @@ class ReloadOutcome:
     model_tag: str | None
     champion_tag: str | None
     error: str | None = None
-
-
-class ModelSwapError(RuntimeError):
-    """A champion could not be swapped in; ``reason`` is ``not_found``, ``load`` or ``smoke``."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 def resolve_quantize(setting: str, metadata: dict) -> str | None:
@@ -119,26 +113,21 @@ def load_checked(home: Home, tag: str, quantize: str = "none") -> LiveModel:
         stored = get_model(home, tag)
     except ModelNotFoundError as exc:
         raise ModelSwapError("not_found", str(exc)) from exc
-    precision = resolve_quantize(quantize, dict(stored.info.metadata))
+    metadata = dict(stored.info.metadata)
+    precision = resolve_quantize(quantize, metadata)
     try:
-        classifier = task_of(dict(stored.info.metadata)).load_predictor(stored.path, precision=precision)
+        task = task_of(metadata)
+        serving = serving_task(task.name)
+        classifier = task.load_predictor(stored.path, precision=precision)
     except Exception as exc:  # anything wrong with an unvetted folder must leave the old model serving
         raise ModelSwapError("load", f"model {tag} failed to load: {type(exc).__name__}: {exc}") from exc
+    serving.check(tag, classifier)
     try:
-        proba = classifier.predict_proba(SMOKE_TEXTS)
-        grouped = inference.predict_proba(classifier, SMOKE_TEXTS)
-    except Exception as exc:
-        raise ModelSwapError("smoke", f"model {tag} failed the smoke prediction: {type(exc).__name__}: {exc}") from exc
-    if proba.shape != (len(SMOKE_TEXTS), len(classifier.labels)) or not np.allclose(proba.sum(axis=1), 1, atol=1e-3):
-        raise ModelSwapError("smoke", f"model {tag} smoke prediction is not a probability row per text: {proba!r}")
-    if not np.allclose(grouped, proba, atol=1e-2):
-        raise ModelSwapError("smoke", f"model {tag}: the serving path disagrees with Classifier.predict_proba")
-    try:
-        overhead = inference.warm_up(classifier)
+        overhead = serving.warm_up(classifier)
     except Exception as exc:
         raise ModelSwapError("smoke", f"model {tag} failed the warm-up passes: {type(exc).__name__}: {exc}") from exc
     served_as = precision or ("bf16" if classifier.device == "cuda" else "fp32")
-    return LiveModel(tag=tag, classifier=classifier, overhead_tokens=overhead, precision=served_as)
+    return LiveModel(tag=tag, classifier=classifier, overhead_tokens=overhead, precision=served_as, task=task.name)
 
 
 def _lower_priority() -> None:

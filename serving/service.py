@@ -27,11 +27,10 @@ import json
 import time
 from concurrent.futures import Future
 from dataclasses import asdict
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, Any
 
 import anyio.to_thread
 import bentoml
-import numpy as np
 from bentoml.validators import ContentType
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 from starlette.responses import JSONResponse, Response
@@ -49,6 +48,7 @@ from tuneloop.serving.middleware import (
     new_id,
 )
 from tuneloop.serving.openapi import OpenAPIMiddleware
+from tuneloop.serving.tasks import PendingText, serving_task
 from tuneloop.state.home import Home
 from tuneloop.state.traffic_store import PredictionRecord, TrafficLog, UnknownRequestError
 
@@ -57,7 +57,6 @@ from tuneloop.state.traffic_store import PredictionRecord, TrafficLog, UnknownRe
 # are read from the environment here, at import (the worker imports this module after `bentoml
 # serve` set the env); the rest is read in __init__.
 _LIMITS = ServeConfig.from_env()
-TOP_K = 3  # labels returned per text
 API_ROUTES = ("/classify", "/feedback", "/admin/reload")
 BENTOML_SKIPPED_PATHS = ["/metrics", "/healthz", "/livez", "/readyz"]  # BentoML's own default skip_paths
 
@@ -100,15 +99,6 @@ class TextPrediction(BaseModel):
     confidence: float
     top3: list[TopLabel]
     model_tag: str
-
-
-class _Item(NamedTuple):
-    """One text on its way to a batch, with what its log row needs from the request."""
-
-    text: str
-    received_at: float  # time.time() when the request arrived
-    http_request_id: str | None
-    prediction_id: str  # the text's request_id (made on the event loop: IdSource is not thread-safe)
 
 
 def _error(ctx: bentoml.Context, status: int, message: str, retry_after_s: int | None = None) -> JSONResponse:
@@ -194,7 +184,7 @@ class TuneloopService:
     def __is_alive__(self) -> bool:
         return self._writer is None or self._writer.is_alive()  # a dead writer can acknowledge nothing
 
-    def _run_batch(self, items: list[_Item], info: BatchInfo) -> tuple[list[PredictionRecord], Future | None]:
+    def _run_batch(self, items: list[PendingText], info: BatchInfo) -> tuple[list[PredictionRecord], Future | None]:
         """A worker thread's work for one batch (one model for all its texts): predict, build the
         log rows, count them, and hand them to the log writer; the answers go out once the
         returned future (the commit) completes, while this thread already takes the next batch."""
@@ -202,14 +192,7 @@ class TuneloopService:
         if live is None:
             raise QueueTimeoutError("no model is loaded")
         start = time.perf_counter()
-        proba = live.predict_proba([item.text for item in items])  # (n, n_labels)
-        top_idx = np.argsort(-proba, axis=1, kind="stable")[:, :TOP_K]
-        labels, answered = live.classifier.labels, time.time()
-        records = []
-        for item, row, idx in zip(items, proba, top_idx):
-            top = [(labels[j], float(row[j])) for j in idx]
-            records.append(PredictionRecord(item.prediction_id, answered, item.text, top[0][0], top[0][1], top,
-                                            live.tag, (answered - item.received_at) * 1000.0, item.http_request_id))
+        records = serving_task(live.task).predict(live, items, time.time())
         if self.config.metrics:
             metrics.INFERENCE_SECONDS.observe(time.perf_counter() - start)
             metrics.QUEUE_WAIT.observe(info.oldest_wait_s)
@@ -237,7 +220,7 @@ class TuneloopService:
         scope = ctx.request.scope
         received_at, http_id = scope.get(SCOPE_RECEIVED_AT) or time.time(), scope.get(SCOPE_REQUEST_ID)
         try:
-            records = await self._batcher.submit([_Item(text, received_at, http_id, new_id()) for text in texts])
+            records = await self._batcher.submit([PendingText(text, received_at, http_id, new_id()) for text in texts])
         except (QueueFullError, QueueTimeoutError) as exc:
             return _error(ctx, 503, f"the service is overloaded: {exc}; retry later", retry_after_s=RETRY_AFTER_OVERLOADED_S)
         except LogWriteError as exc:
@@ -256,10 +239,10 @@ class TuneloopService:
         live = self.models.live
         if live is None or self.traffic is None:
             return _error(ctx, 503, f"feedback is unavailable: {self.unready_reason or 'the traffic log is off'}")
-        if label not in live.classifier.labels:
+        problem = serving_task(live.task).feedback_error(live, label)
+        if problem is not None:
             ctx.response.status_code = 422
-            return {"error": f"label {label!r} is not one of the {len(live.classifier.labels)} labels of the live "
-                             f"model {live.tag}; see `labels`", "labels": live.classifier.labels}
+            return {"error": problem, "labels": live.classifier.labels}
         try:
             await anyio.to_thread.run_sync(self.traffic.add_feedback, request_id, label)
         except UnknownRequestError:

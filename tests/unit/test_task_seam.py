@@ -58,3 +58,38 @@ def test_the_gate_judges_on_the_primary_metric_unless_told_otherwise():
     assert judge(champion, challenger, GateConfig(), 10, primary_metric="macro_f1").promoted
     verdict = judge(champion, challenger, GateConfig(metric="accuracy"), 10, primary_metric="macro_f1")
     assert not verdict.promoted and verdict.reason.startswith("accuracy:")
+
+
+def test_the_service_finds_the_serving_side_of_a_task():
+    from tuneloop.serving.tasks import serving_task
+
+    assert serving_task("classification").name == "classification"
+    with pytest.raises(ValueError, match="cannot serve task 'translation'"):
+        serving_task("translation")
+
+
+def test_a_champion_of_an_unknown_task_is_refused_at_load(tmp_path):
+    """A version saved by a newer tuneloop with a task this one lacks must leave the old model serving."""
+    from conftest import write_tiny_model
+
+    from tuneloop.serving.champion import load_checked
+    from tuneloop.serving.tasks import ModelSwapError
+    from tuneloop.state.home import Home
+    from tuneloop.state.registry import save_model
+
+    home = Home(tmp_path / "home")
+    tag = save_model(home, lambda path: write_tiny_model(path), metadata={"task": "translation", "labels": ["a"]})
+    with pytest.raises(ModelSwapError, match="unknown task 'translation'") as info:
+        load_checked(home, tag)
+    assert info.value.reason == "load"
+
+
+def test_classification_feedback_must_name_a_label_of_the_live_model(tmp_path):
+    from types import SimpleNamespace
+
+    from tuneloop.serving.classification import ClassificationServing
+
+    live = SimpleNamespace(tag="m:1", classifier=SimpleNamespace(labels=["a", "b"]))
+    assert ClassificationServing().feedback_error(live, "a") is None
+    assert ClassificationServing().feedback_error(live, "c") == ("label 'c' is not one of the 2 labels of the live "
+                                                                 "model m:1; see `labels`")
