@@ -23,12 +23,17 @@ for testing them together (statistics in :mod:`tuneloop.monitoring.drift_stats`)
 Plus numbers that are not tests: the feedback accuracy (``MeanValue`` of a 0/1 ``correct`` column) and
 the label-free accuracy estimates, CBPE (``MeanValue`` of the calibrated confidence) and ATC
 (``MeanValue`` of the 0/1 "confidence above the ATC threshold"), see :mod:`tuneloop.monitoring.performance`.
+
+How: :func:`~tuneloop.monitoring.window_context.window_context` checks and samples the two frames once
+(a :class:`~tuneloop.monitoring.window_context.WindowContext`), :func:`~tuneloop.monitoring.measure.measure`
+runs the tests and the Evidently report (:class:`~tuneloop.monitoring.measure.Measurements`), one function
+per signal below reads its signal from both (``SIGNAL_FUNCTIONS``), and :func:`assemble_report` puts them
+in ``ALL_SIGNALS`` order into the WindowReport. :func:`compute_signals` runs the three steps.
 """
 
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,12 +43,11 @@ import numpy as np
 from tuneloop.monitoring.drift_report import build_snapshot, evidently_values, save_report  # noqa: F401 (re-exported)
 from tuneloop.monitoring.drift_stats import (
     auc_p_value,
-    auc_threshold,
-    embedding_test,
     js_distance,
     label_permutation_test,  # noqa: F401  (label_permutation_test re-exported)
 )
-from tuneloop.monitoring.performance import Calibration, estimate_accuracy, feedback_performance
+from tuneloop.monitoring.measure import Measurements, measure
+from tuneloop.monitoring.performance import Calibration
 from tuneloop.monitoring.signals import (  # noqa: F401
     ACCURACY,
     ALL_SIGNALS,
@@ -58,11 +62,15 @@ from tuneloop.monitoring.signals import (  # noqa: F401
     SignalResult,
     WindowReport,
 )
+from tuneloop.monitoring.window_context import (  # noqa: F401  (REQUIRED_COLUMNS re-exported)
+    REQUIRED_COLUMNS,
+    CurrentEmbeddings,
+    WindowContext,
+    window_context,
+)
 
 if TYPE_CHECKING:  # pandas is imported inside the functions: importing this module (or policy) stays cheap
     import pandas as pd
-
-REQUIRED_COLUMNS = ("text", "label", "confidence")
 
 
 def load_reference(path: Path) -> pd.DataFrame:
@@ -76,64 +84,114 @@ def load_reference(path: Path) -> pd.DataFrame:
     return pd.read_json(Path(path), lines=True, dtype=False)
 
 
-def _prepare(frame: pd.DataFrame, what: str, cap: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
-    """Check columns and size, cap to ``cap`` rows (seeded); returns the frame and the kept positions."""
-    import pandas as pd
-
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{what} lacks columns {missing}; it needs {list(REQUIRED_COLUMNS)} (+ optional true_label)")
-    if len(frame) < MIN_ROWS:
-        raise ValueError(f"{what} has {len(frame)} rows; need >= {MIN_ROWS} (check DriftPolicy.min_window first)")
-    pos = np.arange(len(frame))
-    if len(frame) > cap:
-        pos = np.sort(np.random.default_rng(seed).choice(len(frame), cap, replace=False))
-    kept = frame.iloc[pos]
-    return pd.DataFrame({"text": kept["text"].fillna("").astype(str).to_numpy(),
-                         "label": kept["label"].astype(str).to_numpy(),
-                         "confidence": kept["confidence"].astype(float).to_numpy()}), pos
+# One function per signal, each ``(ctx, m) -> SignalResult``: ``ctx`` the window (WindowContext), ``m`` its
+# Measurements. They compute nothing expensive (the tests ran in ``measure``) and raise nothing.
 
 
-def _labelled(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame[frame["true_label"].notna()] if "true_label" in frame.columns else frame.iloc[:0]
+def text_drift(ctx: WindowContext, m: Measurements) -> SignalResult:
+    """``text_drift``: value = the domain classifier's held-out ROC AUC (0..1), threshold = its cutoff
+    (``measure.text_cutoff``), p-value from the AUC's Mann-Whitney null for the sample sizes."""
+    auc = m.values["text"]
+    return SignalResult(name=TEXT, method=f"domain classifier ROC AUC ({ctx.config.text_method})", value=auc,
+                        threshold=m.text_cutoff, fired=auc > m.text_cutoff,
+                        p_value=auc_p_value(auc, len(ctx.ref), len(ctx.cur)),
+                        evidently_fired=m.values["verdicts"].get("text"))
 
 
-def _correct(frame: pd.DataFrame) -> np.ndarray:
-    """1.0 / 0.0 where a true label is known, NaN elsewhere."""
-    if "true_label" not in frame.columns:
-        return np.full(len(frame), np.nan)
-    truth = frame["true_label"]
-    return np.where(truth.notna(), (truth.astype(str) == frame["label"].astype(str)).astype(float), np.nan)
+def descriptor_drift(ctx: WindowContext, m: Measurements) -> SignalResult:
+    """``descriptor_drift``: value = p-value = the smallest of the three descriptors' K-S p-values times 3
+    (Bonferroni, capped at 1), threshold = alpha; per-descriptor p-values and means in ``details``."""
+    p_values = {d: m.values[d] for d in DESCRIPTOR_NAMES}
+    corrected = min(1.0, len(DESCRIPTOR_NAMES) * min(p_values.values()))
+    details = {d: {"p_value": p_values[d], "reference_mean": m.values["means"][d][0],
+                   "current_mean": m.values["means"][d][1]} for d in DESCRIPTOR_NAMES}
+    return SignalResult(name=DESCRIPTORS, method="K-S on length, OOV share, non-letter share (min p x 3)",
+                        value=corrected, threshold=ctx.config.alpha, fired=corrected < ctx.config.alpha,
+                        p_value=corrected, details=details)
 
 
-def _accuracy_signal(current: pd.DataFrame, reference: pd.DataFrame, cfg: DriftConfig):
-    """(accuracy_drop SignalResult, reference accuracy, feedback performance)."""
+def embedding_drift(ctx: WindowContext, m: Measurements) -> SignalResult:
+    """``embedding_drift``: value = the statistic of ``DriftConfig.embedding_method`` (ROC AUC, MMD^2 or
+    distance), threshold = its cutoff at alpha; value and p-value None ("not computed") without embeddings."""
+    method = f"embeddings {ctx.config.embedding_method}"
+    details = {"evidently_score": m.values["embedding"]} if "embedding" in m.values else {}
+    if m.embedding is None:
+        return SignalResult(name=EMBEDDING, method=method + " (not computed: no embeddings)", value=None,
+                            threshold=float("nan"), fired=False, p_value=None, details=details)
+    return SignalResult(name=EMBEDDING, method=method, value=m.embedding.statistic, threshold=m.embedding.cutoff,
+                        fired=bool(m.embedding.p_value < ctx.config.alpha), p_value=m.embedding.p_value,
+                        details=details)
+
+
+def label_drift(ctx: WindowContext, m: Measurements) -> SignalResult:
+    """``label_drift``: value = p-value of the permutation chi-square test of the predicted labels,
+    threshold = alpha; the Jensen-Shannon distance (0..1) of the two label distributions in ``details``."""
+    p = m.values["label"]
+    return SignalResult(name=LABEL, method="permutation chi-square p-value", value=p, threshold=ctx.config.alpha,
+                        fired=p < ctx.config.alpha, p_value=p, evidently_fired=m.values["verdicts"].get("label"),
+                        details={"js_distance": js_distance(ctx.ref["label"], ctx.cur["label"])})
+
+
+def confidence_drift(ctx: WindowContext, m: Measurements) -> SignalResult:
+    """``confidence_drift``: value = the two-sample K-S p-value of the top-1 confidences, threshold = alpha;
+    both samples' mean confidences in ``details``."""
+    p = m.values["confidence"]
+    return SignalResult(name=CONFIDENCE, method="K-S p-value", value=p, threshold=ctx.config.alpha,
+                        fired=p < ctx.config.alpha, p_value=p, evidently_fired=m.values["verdicts"].get("confidence"),
+                        details={"reference_mean": float(ctx.ref["confidence"].mean()),
+                                 "current_mean": float(ctx.cur["confidence"].mean())})
+
+
+def accuracy_drop(ctx: WindowContext, m: Measurements) -> SignalResult:
+    """``accuracy_drop``: value = reference accuracy minus feedback accuracy (-1..1), threshold =
+    ``max_accuracy_drop``, p-value of a one-sided Fisher exact test on the correct/wrong counts; value
+    and p-value None without labelled rows on either side. Fires only on ``min_labels`` labels or more."""
     from scipy.stats import fisher_exact
 
-    perf = feedback_performance(current, reference, cfg.top_intents)
-    ref_lab = _labelled(reference)
-    ref_acc = p = drop = None
-    if len(ref_lab):
-        ref_ok = int((ref_lab["true_label"].astype(str) == ref_lab["label"].astype(str)).sum())
-        ref_acc = ref_ok / len(ref_lab)
-        if perf.n_labels:  # one-sided Fisher exact on correct/wrong counts: window accuracy < reference accuracy
-            ok = round(perf.accuracy * perf.n_labels)
-            table = [[ok, perf.n_labels - ok], [ref_ok, len(ref_lab) - ref_ok]]
-            p = float(fisher_exact(table, alternative="less").pvalue)
-            drop = ref_acc - perf.accuracy
+    cfg, fb = ctx.config, m.feedback
+    perf, ref_acc = fb.performance, fb.reference_accuracy
+    p = drop = None
+    if ref_acc is not None and perf.n_labels:  # H1: window accuracy < reference accuracy
+        ok = round(perf.accuracy * perf.n_labels)
+        table = [[ok, perf.n_labels - ok], [fb.reference_correct, fb.reference_labelled - fb.reference_correct]]
+        p = float(fisher_exact(table, alternative="less").pvalue)
+        drop = ref_acc - perf.accuracy
     fired = bool(drop is not None and perf.n_labels >= cfg.min_labels and drop >= cfg.max_accuracy_drop
                  and p < cfg.alpha)
     details = {"n_labels": perf.n_labels, "accuracy": perf.accuracy, "reference_accuracy": ref_acc,
                "accuracy_ci": perf.accuracy_ci, "min_labels": cfg.min_labels}
-    sig = SignalResult(name=ACCURACY, method="reference accuracy - feedback accuracy (Fisher exact)", value=drop,
-                       threshold=cfg.max_accuracy_drop, fired=fired, p_value=p, details=details)
-    return sig, ref_acc, perf
+    return SignalResult(name=ACCURACY, method="reference accuracy - feedback accuracy (Fisher exact)", value=drop,
+                        threshold=cfg.max_accuracy_drop, fired=fired, p_value=p, details=details)
+
+
+SIGNAL_FUNCTIONS: dict[str, Callable[[WindowContext, Measurements], SignalResult]] = {
+    TEXT: text_drift, DESCRIPTORS: descriptor_drift, EMBEDDING: embedding_drift, LABEL: label_drift,
+    CONFIDENCE: confidence_drift, ACCURACY: accuracy_drop,
+}
+
+
+def assemble_report(ctx: WindowContext, m: Measurements, started: float) -> WindowReport:
+    """The WindowReport of one measured window: its signals in ``ALL_SIGNALS`` order and its figures.
+
+    Args:
+        ctx: the window's context.
+        m: its measurements (:func:`measure`).
+        started: Unix seconds when the computation started (``computed_at``; ``seconds`` runs from it).
+    """
+    perf, est = m.feedback.performance, m.estimates
+    return WindowReport(signals=[SIGNAL_FUNCTIONS[name](ctx, m) for name in ALL_SIGNALS], n_current=len(ctx.current),
+                        n_reference=len(ctx.ref), n_labels=perf.n_labels, accuracy=perf.accuracy,
+                        macro_f1=perf.macro_f1, reference_accuracy=m.feedback.reference_accuracy,
+                        accuracy_ci=perf.accuracy_ci, estimated_accuracy=est.value, estimated_accuracy_sd=est.sd,
+                        reference_estimated_accuracy=est.reference, estimates=est.by_method, intents=perf.intents,
+                        computed_at=started, seconds=time.time() - started, snapshot=m.snapshot,
+                        current_positions=ctx.current_positions, current_embeddings=ctx.current_embeddings,
+                        reference_embeddings=ctx.reference_embeddings)
 
 
 def compute_signals(reference: pd.DataFrame, current: pd.DataFrame, config: DriftConfig | None = None,
                     metadata: dict[str, str] | None = None, *, reference_embeddings: np.ndarray | None = None,
-                    current_embeddings: np.ndarray | Callable[[list[str]], np.ndarray] | None = None,
-                    calibration: Calibration | None = None,
+                    current_embeddings: CurrentEmbeddings | None = None, calibration: Calibration | None = None,
                     vocab: set[str] | None = None, with_report: bool = True) -> WindowReport:
     """Build one Evidently report of ``current`` vs ``reference`` and read the six signals from it.
 
@@ -160,80 +218,7 @@ def compute_signals(reference: pd.DataFrame, current: pd.DataFrame, config: Drif
         ValueError: a frame lacks a column, has fewer than ``MIN_ROWS`` rows, or embeddings do not
             match their frame's length.
     """
-    from sklearn.exceptions import ConvergenceWarning
-
-    cfg = config or DriftConfig()
     started = time.time()
-    ref, ref_pos = _prepare(reference, "reference", cfg.max_reference_rows, cfg.seed)
-    cur, cur_pos = _prepare(current, "current window", cfg.max_current_rows, cfg.seed)
-    have_emb = reference_embeddings is not None and current_embeddings is not None
-    cur_emb = None
-    if have_emb:
-        cur_emb = (np.asarray(current_embeddings(cur["text"].tolist())) if callable(current_embeddings)
-                   else np.asarray(current_embeddings)[cur_pos] if len(current_embeddings) == len(current) else None)
-        if len(reference_embeddings) != len(reference) or cur_emb is None or len(cur_emb) != len(cur):
-            raise ValueError(f"embeddings do not match their rows: reference {len(reference_embeddings)} vs "
-                             f"{len(reference)}, current {len(current_embeddings)} vs {len(current)}")
-    ref["correct"], cur["correct"] = _correct(reference.iloc[ref_pos]), _correct(current.iloc[cur_pos])
-    if calibration is not None:
-        for frame in (ref, cur):
-            frame["calibrated_confidence"] = calibration(frame["confidence"].to_numpy())  # CBPE
-            frame["above_atc_threshold"] = calibration.above_threshold(frame["confidence"].to_numpy())  # ATC
-    emb = None
-    if have_emb:
-        emb = (np.asarray(reference_embeddings)[ref_pos], cur_emb)
-        emb_stat, emb_p, emb_cut = embedding_test(*emb, method=cfg.embedding_method, alpha=cfg.alpha,
-                                                  n_permutations=cfg.embedding_permutations)
-    text_cut = auc_threshold(cfg.alpha, len(ref), len(cur))
-    if cfg.text_method == "abs_text_content_drift" and cfg.text_auc_threshold is not None:
-        text_cut = cfg.text_auc_threshold
-    acc_sig, ref_acc, perf = _accuracy_signal(current, reference, cfg)
-    est = est_sd = ref_est = None
-    estimates: dict[str, float] = {}
-    if calibration is not None:
-        conf, ref_conf = (f["confidence"].astype(float).to_numpy() for f in (current, reference))
-        estimates = {m: estimate_accuracy(calibration, conf, m)[0] for m in ("atc", "cbpe")}
-        est, est_sd = estimate_accuracy(calibration, conf, cfg.estimator)
-        ref_est = estimate_accuracy(calibration, ref_conf, cfg.estimator)[0]
-    meta = {"n_current": str(len(current)), "n_labels": str(perf.n_labels), "accuracy": f"{perf.accuracy}",
-            "accuracy_ci": f"{perf.accuracy_ci}", "macro_f1": f"{perf.macro_f1}", "reference_accuracy": f"{ref_acc}",
-            "estimated_accuracy": f"{est}", **(metadata or {})}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # Evidently's SGD has max_iter=50
-        if with_report:
-            snapshot, out = build_snapshot(ref, cur, cfg, text_cut, (*emb, emb_cut) if have_emb else None, vocab, meta)
-        else:
-            snapshot, out = None, evidently_values(ref, cur, cfg, text_cut, vocab)
-
-    auc = out["text"]
-    desc_p = {d: out[d] for d in DESCRIPTOR_NAMES}
-    desc_min = min(1.0, len(DESCRIPTOR_NAMES) * min(desc_p.values()))
-    desc_details = {d: {"p_value": desc_p[d], "reference_mean": out["means"][d][0], "current_mean": out["means"][d][1]}
-                    for d in DESCRIPTOR_NAMES}
-    signals = [
-        SignalResult(name=TEXT, method=f"domain classifier ROC AUC ({cfg.text_method})", value=auc, threshold=text_cut,
-                     fired=auc > text_cut, p_value=auc_p_value(auc, len(ref), len(cur)),
-                     evidently_fired=out["verdicts"].get("text")),
-        SignalResult(name=DESCRIPTORS, method="K-S on length, OOV share, non-letter share (min p x 3)", value=desc_min,
-                     threshold=cfg.alpha, fired=desc_min < cfg.alpha, p_value=desc_min, details=desc_details),
-        SignalResult(name=EMBEDDING, method=f"embeddings {cfg.embedding_method}" + (" (not computed: no embeddings)"
-                                                                                    if not have_emb else ""),
-                     value=emb_stat if have_emb else None, threshold=emb_cut if have_emb else float("nan"),
-                     fired=bool(have_emb and emb_p < cfg.alpha), p_value=emb_p if have_emb else None,
-                     details={"evidently_score": out["embedding"]} if "embedding" in out else {}),
-        SignalResult(name=LABEL, method="permutation chi-square p-value", value=out["label"], threshold=cfg.alpha,
-                     fired=out["label"] < cfg.alpha, p_value=out["label"], evidently_fired=out["verdicts"].get("label"),
-                     details={"js_distance": js_distance(ref["label"], cur["label"])}),
-        SignalResult(name=CONFIDENCE, method="K-S p-value", value=out["confidence"], threshold=cfg.alpha,
-                     fired=out["confidence"] < cfg.alpha, p_value=out["confidence"],
-                     evidently_fired=out["verdicts"].get("confidence"),
-                     details={"reference_mean": float(ref["confidence"].mean()),
-                              "current_mean": float(cur["confidence"].mean())}),
-        acc_sig,
-    ]
-    return WindowReport(signals=signals, n_current=len(current), n_reference=len(ref), n_labels=perf.n_labels,
-                        accuracy=perf.accuracy, macro_f1=perf.macro_f1, reference_accuracy=ref_acc,
-                        accuracy_ci=perf.accuracy_ci, estimated_accuracy=est, estimated_accuracy_sd=est_sd,
-                        reference_estimated_accuracy=ref_est, estimates=estimates, intents=perf.intents,
-                        computed_at=started, seconds=time.time() - started, snapshot=snapshot, current_positions=cur_pos,
-                        current_embeddings=cur_emb, reference_embeddings=emb[0] if emb else None)
+    ctx = window_context(reference, current, config or DriftConfig(), reference_embeddings=reference_embeddings,
+                         current_embeddings=current_embeddings, calibration=calibration, vocab=vocab)
+    return assemble_report(ctx, measure(ctx, metadata, with_report), started)

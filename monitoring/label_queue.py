@@ -22,9 +22,14 @@ import numpy as np
 import pandas as pd
 
 QUEUE_FILE = "label_queue.json"
+# Chosen default queue length; equal to DriftPolicy's default min_new_labels (50), so labelling one full
+# queue is enough feedback for a retrain.
+DEFAULT_QUEUE_SIZE = 50
+QUEUE_COLUMNS = ["request_id", "text", "label", "confidence", "novelty", "score"]
 
 
-def rank_for_labelling(window: pd.DataFrame, novelty: np.ndarray | None, size: int = 50) -> pd.DataFrame:
+def rank_for_labelling(window: pd.DataFrame, novelty: np.ndarray | None,
+                       size: int = DEFAULT_QUEUE_SIZE) -> pd.DataFrame:
     """The ``size`` most useful unlabelled rows of a window, best first.
 
     Args:
@@ -41,12 +46,11 @@ def rank_for_labelling(window: pd.DataFrame, novelty: np.ndarray | None, size: i
     if "true_label" in frame:
         frame = frame[frame["true_label"].isna()]
     if frame.empty:
-        return frame.assign(score=[])[["request_id", "text", "label", "confidence", "novelty", "score"]]
+        return frame.assign(score=[])[QUEUE_COLUMNS]
     uncertainty = (1 - frame["confidence"].astype(float)).rank(pct=True)
     score = uncertainty if novelty is None else (uncertainty + frame["novelty"].rank(pct=True)) / 2
     frame["score"] = score.to_numpy()
-    cols = ["request_id", "text", "label", "confidence", "novelty", "score"]
-    return frame.sort_values("score", ascending=False, kind="stable").head(size)[cols].reset_index(drop=True)
+    return frame.sort_values("score", ascending=False, kind="stable").head(size)[QUEUE_COLUMNS].reset_index(drop=True)
 
 
 def write_queue(path: Path, queue: pd.DataFrame, champion: str, window: str) -> None:

@@ -12,7 +12,25 @@ LABEL, CONFIDENCE, ACCURACY = "label_drift", "confidence_drift", "accuracy_drop"
 ALL_SIGNALS = (TEXT, DESCRIPTORS, EMBEDDING, LABEL, CONFIDENCE, ACCURACY)
 DESCRIPTOR_NAMES = ("text_length", "oov_share", "non_letter_share")
 MIN_ROWS = 10  # below this the domain classifier's held-out half may hold no window row at all
-DEFAULT_ALPHA = 0.05 / len(ALL_SIGNALS)  # Bonferroni over the six signals of DriftPolicy's default
+FAMILY_ALPHA = 0.05  # family-wise false-alarm level per window, all signals together (README, "Drift policy")
+DEFAULT_ALPHA = FAMILY_ALPHA / len(ALL_SIGNALS)  # Bonferroni over the six signals of DriftPolicy's default
+# The reference sample training saves is 1,000 validation rows (README, "Drift policy"): all of them.
+MAX_REFERENCE_ROWS = 1000
+# Window cap of the drift tests and the embedding pass: ~1.5 s per 500 texts on 2 quiet cores keeps a
+# 1,000-request cycle at 3.5-4.2 s, inside its 10 s budget (README benchmark table, "cost of one cycle").
+MAX_CURRENT_ROWS = 500
+# Null draws of the permutation tests: p-value resolution 1/2001 ~ 5e-4, 17x finer than the per-signal
+# level 0.05/6; the label test's p therefore never falls below DriftPolicy's strong_alpha 1e-4 (policy rule 4).
+PERMUTATIONS = 2000
+# Validation floor of the draws, a chosen bound for quick tests: at 100 draws the smallest p-value,
+# 1/101 ~ 0.0099, is above the default per-signal level 0.05/6 ~ 0.0083.
+MIN_PERMUTATIONS = 100
+# accuracy_drop needs this many labels in the window: a chosen default (README signal table: ">= 30 labels");
+# DriftPolicy.min_labels_for_accuracy has the same default and drift_config() passes it on.
+MIN_LABELS = 30
+MAX_ACCURACY_DROP = 0.10  # absolute drop that matters in practice: a chosen default (README signal table)
+TOP_INTENTS = 5  # intents reported with their recall: README, "Drift policy" ("the recall of the 5 intents ...")
+SEED = 0  # seed of the reference/window subsamples; any fixed value makes windows reproducible
 
 
 class DriftConfig(BaseModel):
@@ -22,9 +40,9 @@ class DriftConfig(BaseModel):
 
     alpha: float = Field(DEFAULT_ALPHA, gt=0, lt=1, description="Per-signal significance level, already corrected: "
                          "0.05 / 6 signals (Bonferroni). Use DriftPolicy.drift_config() to keep both in step.")
-    max_reference_rows: int = Field(1000, ge=MIN_ROWS, description="Reference cap (seeded subsample) for the "
+    max_reference_rows: int = Field(MAX_REFERENCE_ROWS, ge=MIN_ROWS, description="Reference cap (seeded subsample) for the "
                                     "drift tests: bounds cost and power. Reference accuracy uses all labelled rows.")
-    max_current_rows: int = Field(500, ge=MIN_ROWS, description="Window cap (seeded subsample) for the drift tests, "
+    max_current_rows: int = Field(MAX_CURRENT_ROWS, ge=MIN_ROWS, description="Window cap (seeded subsample) for the drift tests, "
                                   "so large windows do not make every tiny difference significant, and for the "
                                   "embedding pass, ~3/4 of a cycle's cost (~1.5 s per 500 texts on 2 quiet cores). "
                                   "Accuracy and its estimates use all rows.")
@@ -39,14 +57,14 @@ class DriftConfig(BaseModel):
         "three on the champion's embeddings (100-row windows, level 0.05/6): the domain classifier ('model') "
         "fired least without drift (2.0 % vs 3.3 %), as often on the scarce-intent and label-mix shifts "
         "(0.97-1.0), 3-4x as often on 30 % typos (0.38 vs 0.10/0.12), at 0.04 s per test.")
-    embedding_permutations: int = Field(2000, ge=100, description="Null draws of the embedding permutation test.")
-    label_permutations: int = Field(2000, ge=100, description="Null draws of the label test (p resolution 1/(n+1)).")
-    min_labels: int = Field(30, ge=1, description="Labelled rows needed before accuracy_drop may fire.")
-    max_accuracy_drop: float = Field(0.10, ge=0, le=1, description="Absolute accuracy drop that matters.")
-    top_intents: int = Field(5, ge=0, description="Intents reported with their recall (largest share moves).")
+    embedding_permutations: int = Field(PERMUTATIONS, ge=MIN_PERMUTATIONS, description="Null draws of the embedding permutation test.")
+    label_permutations: int = Field(PERMUTATIONS, ge=MIN_PERMUTATIONS, description="Null draws of the label test (p resolution 1/(n+1)).")
+    min_labels: int = Field(MIN_LABELS, ge=1, description="Labelled rows needed before accuracy_drop may fire.")
+    max_accuracy_drop: float = Field(MAX_ACCURACY_DROP, ge=0, le=1, description="Absolute accuracy drop that matters.")
+    top_intents: int = Field(TOP_INTENTS, ge=0, description="Intents reported with their recall (largest share moves).")
     estimator: Literal["atc", "cbpe"] = Field("atc", description="Which label-free accuracy estimate is "
                                               "``estimated_accuracy`` (both are computed; see monitoring/performance.py).")
-    seed: int = Field(0, description="Seed of the reference/window subsamples (the permutation nulls use seed 0).")
+    seed: int = Field(SEED, description="Seed of the reference/window subsamples (the permutation nulls use seed 0).")
 
 
 class SignalResult(BaseModel):
