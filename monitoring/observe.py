@@ -3,7 +3,8 @@
 :func:`read_span` finds the traffic logged since the last judged window; :func:`observe` reads that
 window (the newest ``MonitorConfig.max_window`` rows), the policy state, the feedback cursor and how
 many labels came in since, and computes the window's drift signals against the champion's
-reference sample (one Evidently report, :func:`tuneloop.monitoring.drift.compute_signals`). The
+reference sample (through the champion's task, :mod:`tuneloop.monitoring.tasks`; for classification one Evidently
+report, :func:`tuneloop.monitoring.drift.compute_signals`). The
 champion's reference sample, classifier, reference embeddings and calibration are loaded once per
 champion by :class:`ChampionCache`.
 """
@@ -11,23 +12,21 @@ champion by :class:`ChampionCache`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tuneloop.monitoring.drift import DriftConfig, compute_signals, load_reference
-from tuneloop.monitoring.embeddings import embed_texts
+from tuneloop.monitoring.drift import DriftConfig, load_reference
 from tuneloop.monitoring.monitor_config import CURSOR_KEY, FEEDBACK_CURSOR_KEY, POLICY_STATE_KEY
-from tuneloop.monitoring.performance import Calibration, load_calibration
 from tuneloop.monitoring.policy import PolicyState
 from tuneloop.monitoring.signals import WindowReport
+from tuneloop.monitoring.tasks import ChampionView, monitoring_task
 from tuneloop.state.audit import AuditLog
 from tuneloop.state.home import Home
 from tuneloop.state.registry import REFERENCE_FILE, get_model
 from tuneloop.state.traffic_store import TrafficLog
+from tuneloop.training.task import task_of
 
 if TYPE_CHECKING:
-    import numpy as np
     import pandas as pd
 
 
@@ -69,23 +68,6 @@ def read_span(audit: AuditLog, traffic: TrafficLog) -> WindowSpan:
     return WindowSpan(cursor=int(audit.get_state(CURSOR_KEY, 0)), end=traffic.max_seq())
 
 
-@dataclass(frozen=True, eq=False)
-class ChampionView:
-    """What the monitor needs of the champion besides its reference sample (None where switched off).
-
-    Attributes:
-        classifier: the loaded ``tuneloop.training.predict.Classifier``; None without embeddings.
-        reference_embeddings: its embeddings of the reference texts, shape (n_ref, hidden); None without.
-        calibration: its confidence calibration; None when it has none.
-        vocab: its tokenizer's vocabulary (the OOV descriptor); None without a classifier.
-    """
-
-    classifier: object | None
-    reference_embeddings: np.ndarray | None
-    calibration: Calibration | None
-    vocab: set[str] | None
-
-
 class ChampionCache:
     """The champion's reference sample and :class:`ChampionView`, loaded once per champion tag.
 
@@ -110,15 +92,10 @@ class ChampionCache:
         """Classifier, reference embeddings, calibration and vocabulary of model ``tag`` (the first call
         per tag loads the model and embeds the reference sample: seconds)."""
         if self._view is None or self._view[0] != tag:
-            from tuneloop.training.predict import Classifier
-
-            model_dir = Path(get_model(self.home, tag).path)
-            reference = self.reference(tag)
-            clf = Classifier.load(model_dir) if self.embeddings else None
-            ref_emb = (embed_texts(clf, reference["text"].astype(str).tolist(), threads=self.embed_threads)
-                       if clf is not None else None)
-            vocab = set(clf.tokenizer.get_vocab()) if clf is not None else None
-            self._view = (tag, ChampionView(clf, ref_emb, load_calibration(model_dir, reference), vocab))
+            stored = get_model(self.home, tag)
+            task = monitoring_task(task_of(dict(stored.info.metadata)).name)
+            view = task.champion_view(Path(stored.path), self.reference(tag), self.embeddings, self.embed_threads)
+            self._view = (tag, view)
         return self._view[1]
 
 
@@ -180,12 +157,9 @@ def observe(ctx: ObserveContext, span: WindowSpan, champion_tag: str) -> Observa
     """
     window = ctx.traffic.read_window(max(span.cursor, span.end - ctx.max_window), span.end)
     view = ctx.champion.view(champion_tag)
-    embed = (partial(embed_texts, view.classifier, threads=ctx.champion.embed_threads)
-             if view.classifier is not None else None)
-    report = compute_signals(ctx.champion.reference(champion_tag), window, ctx.drift_config,
-                             metadata={"champion": champion_tag, "window": span.label},
-                             reference_embeddings=view.reference_embeddings, current_embeddings=embed,
-                             calibration=view.calibration, vocab=view.vocab)
+    report = monitoring_task(view.task).window_report(
+        ctx.champion.reference(champion_tag), window, ctx.drift_config, view, ctx.champion.embed_threads,
+        metadata={"champion": champion_tag, "window": span.label})
     feedback_cursor = int(ctx.audit.get_state(FEEDBACK_CURSOR_KEY, 0))
     return Observation(champion_tag=champion_tag, span=span, window=window, report=report,
                        policy_state=PolicyState(**ctx.audit.get_state(POLICY_STATE_KEY, {})),

@@ -93,3 +93,12 @@ def test_classification_feedback_must_name_a_label_of_the_live_model(tmp_path):
     assert ClassificationServing().feedback_error(live, "a") is None
     assert ClassificationServing().feedback_error(live, "c") == ("label 'c' is not one of the 2 labels of the live "
                                                                  "model m:1; see `labels`")
+
+
+def test_the_monitor_finds_the_monitoring_side_of_a_task():
+    from tuneloop.monitoring.signals import ALL_SIGNALS
+    from tuneloop.monitoring.tasks import monitoring_task
+
+    assert monitoring_task("classification").signals == ALL_SIGNALS
+    with pytest.raises(ValueError, match="cannot watch task 'translation'"):
+        monitoring_task("translation")
