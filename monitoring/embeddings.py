@@ -3,7 +3,8 @@ labelling queue.
 
 Live traffic rows carry no embeddings, so the monitor embeds each window's texts itself with the
 champion: the encoder under the classification head (``model.base_model``), last hidden state
-mean-pooled over the attention mask and L2-normalised, as sentence-transformers does for
+mean-pooled over the attention mask (:func:`tuneloop.training.heads.mean_pool`, the classifier's own
+mean pooling) and L2-normalised, as sentence-transformers does for
 all-MiniLM-L6-v2. The reference sample is embedded once per champion and cached in memory.
 """
 
@@ -42,20 +43,25 @@ def embed_texts(classifier, texts: list[str], batch_size: int = 64, threads: int
 
 
 def _embed(classifier, encoder, texts: list[str], batch_size: int, hidden: int) -> np.ndarray:
+    """The encoder's last hidden states, mean-pooled (:func:`tuneloop.training.heads.mean_pool`) and
+    L2-normalised, batched by length in characters (:mod:`tuneloop.training.batching`)."""
     import torch
 
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    out = np.empty((len(texts), hidden), dtype=np.float32)
+    from tuneloop.training.batching import encode_texts, length_batches, run_batched
+    from tuneloop.training.heads import mean_pool
+
+    texts = [str(t) for t in texts]
+    rows = encode_texts(classifier.tokenizer, texts, classifier.max_length)
+
+    def run(idx: np.ndarray) -> np.ndarray:
+        batch = rows.batch(idx, classifier.device)
+        states = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        pooled = mean_pool(states, batch["attention_mask"])
+        return torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
+
     with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            idx = order[start:start + batch_size]
-            enc = classifier.tokenizer([str(texts[i]) for i in idx], padding=True, truncation=True,
-                                       max_length=classifier.max_length, return_tensors="pt").to(classifier.device)
-            states = encoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(states.dtype)
-            pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1)
-            out[idx] = torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
-    return out
+        return run_batched(length_batches([len(t) for t in texts], batch_size=batch_size), run,
+                           np.empty((len(texts), hidden), dtype=np.float32))
 
 
 def novelty(reference: np.ndarray, current: np.ndarray) -> np.ndarray:

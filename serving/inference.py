@@ -55,48 +55,30 @@ def plan_groups(sorted_lengths: Sequence[int], overhead_tokens: float) -> list[t
     return groups[::-1]
 
 
-def _pad(rows: list[list[int]], length: int, value: int, left: bool) -> np.ndarray:
-    out = np.full((len(rows), length), value, dtype=np.int64)
-    for i, row in enumerate(rows):
-        if left:
-            out[i, length - len(row):] = row
-        else:
-            out[i, : len(row)] = row
-    return out
-
-
 def predict_proba(classifier: Classifier, texts: Sequence[str], overhead_tokens: float = DEFAULT_OVERHEAD_TOKENS) -> np.ndarray:
     """Class probabilities for ``texts`` in input order, shape ``(n, n_labels)``, float32.
 
     Same numbers as :meth:`Classifier.predict_proba` (padding is masked), computed in length
-    groups (see the module docstring).
+    groups (see the module docstring): the texts are tokenised once, ordered by token count and
+    cut by :func:`plan_groups` (:mod:`tuneloop.training.batching` does the ordering, padding and
+    scattering back).
     """
     import torch
 
+    from tuneloop.training.batching import encode_texts, length_batches, run_batched
     from tuneloop.training.heads import forward_logits
 
     n_labels = len(classifier.labels)
     if not texts:
         return np.zeros((0, n_labels), dtype=np.float32)
-    tok = classifier.tokenizer
-    enc = tok(list(texts), truncation=True, max_length=classifier.max_length)
-    lengths = np.array([len(ids) for ids in enc["input_ids"]])
-    order = np.argsort(lengths, kind="stable")
-    pad_values = {"input_ids": tok.pad_token_id or 0, "attention_mask": 0, "token_type_ids": tok.pad_token_type_id}
-    left = tok.padding_side == "left"
-    out = np.empty((len(texts), n_labels), dtype=np.float32)
+    rows = encode_texts(classifier.tokenizer, texts, classifier.max_length)
+
+    def run(idx: np.ndarray) -> np.ndarray:
+        return forward_logits(classifier.model, **rows.batch(idx, classifier.device)).float().softmax(-1).cpu().numpy()
+
+    groups = length_batches(rows.lengths, plan=lambda lengths: plan_groups(lengths, overhead_tokens))
     with torch.inference_mode():
-        for start, end in plan_groups(lengths[order].tolist(), overhead_tokens):
-            idx = order[start:end]
-            longest = int(lengths[idx[-1]])
-            batch = {
-                key: torch.from_numpy(_pad([enc[key][i] for i in idx], longest, pad_values.get(key, 0), left))
-                for key in enc.keys() if key in pad_values
-            }
-            batch = {key: value.to(classifier.device) for key, value in batch.items()}
-            logits = forward_logits(classifier.model, **batch).float()
-            out[idx] = logits.softmax(-1).cpu().numpy()
-    return out
+        return run_batched(groups, run, np.empty((len(texts), n_labels), dtype=np.float32))
 
 
 def _timed_pass(classifier: Classifier, n_texts: int, n_tokens: int) -> float:

@@ -62,25 +62,34 @@ def frozen_depth(model) -> int:
 @torch.inference_mode()
 def cache_hidden_states(model, input_ids: list[list[int]], depth: int, batch_size: int = 128,
                         device: str = "cpu") -> list[torch.Tensor]:
-    """Hidden states after the embeddings and the first ``depth`` layers, one ``(len_i, hidden)``
-    float32 CPU tensor per text (no padding kept). Texts are batched by length."""
+    """Hidden states after the embeddings and the first ``depth`` layers.
+
+    Args:
+        model: a BERT-style classifier (``base_model.embeddings``, ``base_model.encoder.layer``);
+            its encoder is put in eval mode.
+        input_ids: token ids per text, unpadded.
+        depth: frozen layers to run (0: the embeddings only).
+        batch_size: texts per forward pass; texts are batched by token count
+            (:mod:`tuneloop.training.batching`), padded on the right with id 0 (masked).
+        device: where the forward passes run.
+
+    Returns:
+        One ``(len_i, hidden)`` float32 CPU tensor per text, in input order (no padding kept).
+    """
+    from tuneloop.training.batching import length_batches, run_batched, token_rows
+
     base = model.base_model.eval()
-    order = np.argsort([len(ids) for ids in input_ids], kind="stable")
-    out: list[torch.Tensor | None] = [None] * len(input_ids)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        width = max(len(input_ids[i]) for i in idx)
-        ids = torch.zeros((len(idx), width), dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids[row, : len(input_ids[i])] = torch.tensor(input_ids[i])
-            mask[row, : len(input_ids[i])] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        hidden = run_layers(base, base.embeddings(input_ids=ids), mask, base.encoder.layer[:depth])
+    rows = token_rows(input_ids)
+
+    def run(idx: np.ndarray) -> list[torch.Tensor]:
+        batch = rows.batch(idx, device)
+        mask = batch["attention_mask"]
+        hidden = run_layers(base, base.embeddings(input_ids=batch["input_ids"]), mask, base.encoder.layer[:depth])
         hidden = hidden.float().cpu()
-        for row, i in enumerate(idx):
-            out[i] = hidden[row, : len(input_ids[i])].clone()
-    return out  # type: ignore[return-value]
+        return [hidden[row, : len(input_ids[i])].clone() for row, i in enumerate(idx)]
+
+    out: list[torch.Tensor | None] = [None] * len(input_ids)
+    return run_batched(length_batches(rows.lengths, batch_size=batch_size), run, out)
 
 
 class CachedStates(torch.utils.data.Dataset):

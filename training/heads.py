@@ -43,7 +43,12 @@ def check_pooling(model, pooling: str) -> None:
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``hidden (b, t, h)`` over the unmasked positions of ``attention_mask (b, t)``: ``(b, h)``."""
+    """Mean of ``hidden (b, t, h)`` over the unmasked positions of ``attention_mask (b, t)``: ``(b, h)``,
+    in ``hidden``'s dtype; a row without tokens gives zeros (its count is taken as 1).
+
+    tuneloop's one mean pooling: the ``mean`` head here and the monitor's sentence embeddings
+    (:func:`tuneloop.monitoring.embeddings.embed_texts`).
+    """
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 

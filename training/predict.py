@@ -93,27 +93,25 @@ class Classifier:
     def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """Class probabilities, shape ``(len(texts), len(labels))``, float32, rows sum to 1.
 
-        Texts are sorted by length and batched so that padding stays short; the output is in the
+        Texts are sorted by length (characters) and cut into batches of ``batch_size``
+        (:mod:`tuneloop.training.batching`) so that padding stays short; the output is in the
         input order.
         """
         import torch
 
+        from tuneloop.training.batching import encode_texts, length_batches, run_batched
         from tuneloop.training.heads import forward_logits
 
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        order = np.argsort([len(t) for t in texts], kind="stable")
+        rows = encode_texts(self.tokenizer, texts, self.max_length)
+
+        def run(idx: np.ndarray) -> np.ndarray:
+            return forward_logits(self.model, **rows.batch(idx, self.device)).float().softmax(-1).cpu().numpy()
+
         out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
         with torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
-                idx = order[start : start + batch_size]
-                enc = self.tokenizer(
-                    [texts[i] for i in idx], padding=True, truncation=True,
-                    max_length=self.max_length, return_tensors="pt",
-                ).to(self.device)
-                logits = forward_logits(self.model, **enc).float()
-                out[idx] = logits.softmax(-1).cpu().numpy()
-        return out
+            return run_batched(length_batches([len(t) for t in texts], batch_size=batch_size), run, out)
 
     def predict(self, texts: list[str], batch_size: int = 64) -> tuple[list[str], np.ndarray]:
         """Predicted label names and their confidences (max probability), shape ``(n,)``."""

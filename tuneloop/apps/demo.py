@@ -59,7 +59,7 @@ class DemoConfig(BaseModel):
     max_drift_requests: int = Field(6000, ge=1, description="Cap on drift-phase requests (waiting for the swap).")
     rate: float = Field(25.0, gt=0, description="Requests per second.")
     retrain_rate: float = Field(3.0, gt=0, description="Requests per second while a challenger trains (shared CPU).")
-    clients: int = Field(4, ge=1, le=64, description="Concurrent client threads.")
+    clients: int = Field(4, ge=1, le=64, description="Requests in flight at once (concurrent clients).")
     monitor_interval: float = Field(1.0, gt=0, description="Seconds between monitor checks (windows then close at min_window rows).")
     min_window: int = Field(100, ge=10, description="Smallest window the monitor judges.")
     min_new_labels: int = Field(300, ge=0, description="Labels needed before a retrain.")
@@ -232,11 +232,11 @@ def _run_stages(cfg: DemoConfig, run_dir: Path, run_home: Home, pools, test_df, 
 
             def swapped() -> bool:
                 last = replay.outcomes[-cfg.clients * 2:]
-                return time.time() > deadline or any(o.ok and o.model_tag != initial.tag for o in last)
+                return time.time() > deadline or any(o.ok and initial.tag not in o.model_tags for o in last)
 
             stage[0] = "phase drift (waiting for detection, retraining and the swap)"
             replay.run("drift", drift_queries(), rate=drift_rate, stop=swapped, max_requests=cfg.max_drift_requests)
-            if any(o.ok and o.model_tag != initial.tag for o in replay.outcomes):
+            if any(o.ok and initial.tag not in o.model_tags for o in replay.outcomes):
                 stage[0] = "phase after_retrain"
                 replay.run("after_retrain", drift_queries(), rate=lambda: cfg.rate,
                            max_requests=cfg.after_retrain_requests)
