@@ -27,6 +27,7 @@ simulation: quiet windows stay quiet, the shift is confirmed at its first window
 from __future__ import annotations
 
 import json
+import random
 
 import numpy as np
 import pandas as pd
@@ -43,10 +44,10 @@ from tuneloop.monitoring.drift import (
     save_report,
 )
 from tuneloop.monitoring.policy import DriftPolicy, PolicyState, decide
+from tuneloop.training.augment import keyboard_typos
 
 N_SCARCE = 10
-KEYS = "qwertyuiop asdfghjkl zxcvbnm".split()
-NEIGHBOURS = {ch: "".join(row[max(c - 1, 0):c + 2].replace(ch, "")) for row in KEYS for c, ch in enumerate(row)}
+TYPO_RATE = 0.05  # the product's default: ~1 edit per 20 letters, as the demo's drift phase makes them
 
 
 @pytest.fixture(scope="module")
@@ -55,25 +56,6 @@ def data(banking77_dir):
     intents = sorted(train["category"].unique())
     scarce = intents[::8][:N_SCARCE]
     return train, test, intents, scarce, [i for i in intents if i not in scarce]
-
-
-def add_typos(text: str, rng: np.random.Generator) -> str:
-    """1-3 keyboard typos: neighbouring-key substitution, deletion, transposition or doubling."""
-    s = list(text)
-    for _ in range(int(rng.integers(1, 4))):
-        idx = [i for i, ch in enumerate(s) if ch.lower() in NEIGHBOURS]
-        if not idx:
-            break
-        i, op = int(rng.choice(idx)), int(rng.integers(4))
-        if op == 0:
-            s[i] = str(rng.choice(list(NEIGHBOURS[s[i].lower()])))
-        elif op == 1:
-            del s[i]
-        elif op == 2 and i + 1 < len(s):
-            s[i], s[i + 1] = s[i + 1], s[i]
-        else:
-            s.insert(i, s[i])
-    return "".join(s)
 
 
 def predict(true: pd.Series, scarce: list[str], known: list[str], rng: np.random.Generator):
@@ -88,8 +70,9 @@ def predict(true: pd.Series, scarce: list[str], known: list[str], rng: np.random
 def make_frame(rows: pd.DataFrame, data, rng, label_rate=0.3, typo_rate=0.0) -> pd.DataFrame:
     *_, scarce, known = data
     labels, conf = predict(rows["category"], scarce, known, rng)
-    texts = [add_typos(t, rng) if rng.random() < typo_rate else t for t in rows["text"]]
     truth = rows["category"].where(rng.random(len(rows)) < label_rate, None)
+    typo_rng = random.Random(int(rng.integers(2**32)))  # its own stream: typos never move the other draws
+    texts = [keyboard_typos(t, typo_rng, TYPO_RATE) if typo_rng.random() < typo_rate else t for t in rows["text"]]
     return pd.DataFrame({"text": texts, "label": labels, "confidence": conf, "true_label": truth.to_numpy()})
 
 

@@ -39,7 +39,7 @@ def monitor(
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("apscheduler", "httpx"):  # per-run chatter; our own log says what each cycle decided
+    for noisy in ("apscheduler", "httpx", "alembic"):  # per-run chatter; our own log says what each cycle decided
         logging.getLogger(noisy).setLevel(logging.ERROR)
     raw = (yaml.safe_load(config.read_text()) or {}) if config else {}
     if interval is not None:
@@ -70,6 +70,7 @@ def monitor(
     if cfg.metrics_port:
         mon.metrics.serve(cfg.metrics_port)
         typer.echo(f"monitor metrics on http://127.0.0.1:{cfg.metrics_port}/metrics")
+    typer.echo(f"warmed up on the champion's reference sample in {mon.warm_up():.1f} s")
     typer.echo(f"monitoring {home_obj.root} every {cfg.interval_seconds:g} s (Ctrl-C to stop)")
     run_scheduler(mon, cfg.interval_seconds)
     typer.echo("monitor stopped")
