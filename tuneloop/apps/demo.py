@@ -102,10 +102,36 @@ def monitor_process(home: Home, cfg: DemoConfig, preset: str) -> Iterator[str]:
                                  "--config", str(config_path)], stdout=log_fh, stderr=subprocess.STDOUT,
                                 env={**QUIET_BARS_ENV, **{k: v for k, v in os.environ.items()
                                                           if k != "PROMETHEUS_MULTIPROC_DIR"}, **home.env()})
+    url = f"http://127.0.0.1:{port}/metrics"
     try:
-        yield f"http://127.0.0.1:{port}/metrics"
+        wait_for_monitor(url, proc, log_path)
+        yield url
     finally:
         stop_server(proc, timeout_s=30)
+
+
+MONITOR_READY_TIMEOUT_S = 180.0  # the monitor's warm-up: a model load and ~1000 reference embeddings (14 s measured)
+
+
+def wait_for_monitor(metrics_url: str, proc: subprocess.Popen, log_path: Path,
+                     timeout_s: float = MONITOR_READY_TIMEOUT_S) -> None:
+    """Wait until the monitor serves its metrics, which it starts after warming up on the champion,
+    so that traffic begins when the first window can be judged promptly.
+
+    Raises:
+        RuntimeError: the monitor exited or was not up within ``timeout_s`` (the message says where its log is).
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the monitor exited with status {proc.returncode}; see {log_path}")
+        try:
+            if httpx.get(metrics_url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the monitor did not start within {timeout_s:.0f} s; see {log_path}")
 
 
 def _retraining(metrics_url: str) -> bool:

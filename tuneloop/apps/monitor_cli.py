@@ -67,10 +67,10 @@ def monitor(
         result = mon.cycle()
         typer.echo(f"{result.action}: {result.reason}")
         return
-    if cfg.metrics_port:
+    typer.echo(f"warmed up on the champion's reference sample in {mon.warm_up():.1f} s")
+    if cfg.metrics_port:  # served once warm: whoever waits for /metrics gets a monitor ready to judge
         mon.metrics.serve(cfg.metrics_port)
         typer.echo(f"monitor metrics on http://127.0.0.1:{cfg.metrics_port}/metrics")
-    typer.echo(f"warmed up on the champion's reference sample in {mon.warm_up():.1f} s")
     typer.echo(f"monitoring {home_obj.root} every {cfg.interval_seconds:g} s (Ctrl-C to stop)")
     run_scheduler(mon, cfg.interval_seconds)
     typer.echo("monitor stopped")
