@@ -30,9 +30,13 @@ def banking77_slice(banking77_dir, tmp_path) -> Path:
 def test_demo_loop_end_to_end(banking77_slice, home):
     from tuneloop.apps.demo import DemoConfig, run_demo
 
+    # min_new_labels 180: the warm monitor detects the drift ~90 requests after onset, when most of
+    # the labels are still in-distribution ones (52 + ~30); retraining then (at 80 labels) gained
+    # +0.01 macro F1 and did not help live traffic. 180 labels is what the retrain saw when
+    # detection came later (186 in the cold-monitor runs), i.e. ~120 labels of drifted traffic.
     cfg = DemoConfig(data=str(banking77_slice), quick=True, scarce_intents=3, scarce_examples=5,
                      in_distribution_requests=200, after_retrain_requests=200, min_window=60,
-                     min_new_labels=80, rate=25.0, monitor_interval=1.0, timeout_minutes=15)
+                     min_new_labels=180, rate=25.0, monitor_interval=1.0, timeout_minutes=15)
     report, run_dir = run_demo(cfg, home)
     assert json.loads((run_dir / "report.json").read_text())["retrain"] == report["retrain"]
     phases = {p["name"]: p for p in report["phases"]}
