@@ -13,6 +13,7 @@ A model version names its task (:mod:`tuneloop.training.task`); the service find
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple, Protocol
 
 from tuneloop.state.traffic_store import PredictionRecord
@@ -57,8 +58,9 @@ class ServingTask(Protocol):
         """Why ``value`` is not acceptable feedback for the live model, or None."""
 
 
+@functools.cache
 def serving_task(name: str) -> ServingTask:
-    """The serving side of task ``name``.
+    """The serving side of task ``name`` (one shared instance per task: the service asks once per batch).
 
     Raises:
         ValueError: no serving support for that task (the message lists the known ones).

@@ -3,6 +3,7 @@ make) saved as the champion of a fresh tuneloop home, and the Banking77 location
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -119,3 +120,17 @@ def tiny_base(tmp_path) -> Path:
     path = tmp_path / "tiny-base"
     write_tiny_model(path, labels=["a", "b"])
     return path
+
+
+@contextlib.contextmanager
+def served_tiny_champion(tmp_path_factory, name: str, env: dict[str, str], ready_timeout: float):
+    """A real ``bentoml serve`` on 127.0.0.1 over a new home whose champion is a tiny random model;
+    yields ``(home, server handle)``."""
+    from tuneloop.serving.launch import running_server
+    from tuneloop.state.home import Home
+    from tuneloop.state.registry import promote
+
+    home = Home(tmp_path_factory.mktemp(name) / "home").ensure()
+    promote(home, save_tiny_model(home), reason="first model")
+    with running_server(home, env=env, ready_timeout=ready_timeout) as server:
+        yield home, server

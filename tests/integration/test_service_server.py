@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from conftest import save_tiny_model
+from conftest import save_tiny_model, served_tiny_champion
 
 TOKEN = "server-test-token"
 REQUEST_TIMEOUT_S = 60.0
@@ -20,15 +20,9 @@ REQUEST_TIMEOUT_S = 60.0
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """(home, server handle) shared by the module; the poller is slowed so /admin/reload decides swaps."""
-    from tuneloop.serving.launch import running_server
-    from tuneloop.state.home import Home
-    from tuneloop.state.registry import promote
-
-    home = Home(tmp_path_factory.mktemp("served") / "home").ensure()
-    promote(home, save_tiny_model(home), reason="first model")
     env = {"TUNELOOP_ADMIN_TOKEN": TOKEN, "TUNELOOP_POLL_SECONDS": "3600"}
-    with running_server(home, env=env, ready_timeout=90) as server:
-        yield home, server
+    with served_tiny_champion(tmp_path_factory, "served", env, ready_timeout=90) as served:
+        yield served
 
 
 @pytest.fixture()

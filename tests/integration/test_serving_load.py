@@ -12,7 +12,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from conftest import save_tiny_model
+from conftest import save_tiny_model, served_tiny_champion
 
 TOKEN = "load-test-token"
 CLIENTS = 24
@@ -25,15 +25,9 @@ TEXTS = ["where is my new card?", "I was charged twice for one purchase", "top u
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    from tuneloop.serving.launch import running_server
-    from tuneloop.state.home import Home
-    from tuneloop.state.registry import promote
-
-    home = Home(tmp_path_factory.mktemp("load") / "home").ensure()
-    promote(home, save_tiny_model(home), reason="first model")
     env = {"TUNELOOP_ADMIN_TOKEN": TOKEN, "TUNELOOP_POLL_SECONDS": "3600"}
-    with running_server(home, env=env, ready_timeout=120) as server:
-        yield home, server
+    with served_tiny_champion(tmp_path_factory, "load", env, ready_timeout=120) as served:
+        yield served
 
 
 def swap_champion(home, url: str, seed: int) -> tuple[str, float, float]:
