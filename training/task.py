@@ -4,7 +4,8 @@ tuneloop's loop (train -> evaluate -> save -> serve -> watch -> retrain -> gate 
 same for every kind of model; what differs is reached only through a :class:`Task`. A model
 version records its task's name in its metadata (``task``), so every later stage (the service,
 the monitor's retraining and gate) finds the task of the champion with :func:`task_of` instead of
-branching on it. Text classification (:mod:`tuneloop.training.classification`) is the first task.
+branching on it. Text classification (:mod:`tuneloop.training.classification`) is the first task, reply
+generation (:mod:`tuneloop.training.generation`) the second.
 
 The contract, in the order the loop uses it:
 
@@ -68,8 +69,9 @@ class Task(Protocol):
 
 def _registry() -> dict[str, Task]:
     from tuneloop.training.classification import ClassificationTask
+    from tuneloop.training.generation import GenerationTask
 
-    return {ClassificationTask.name: ClassificationTask()}
+    return {ClassificationTask.name: ClassificationTask(), GenerationTask.name: GenerationTask()}
 
 
 def get_task(name: str) -> Task:
