@@ -163,7 +163,8 @@ def augment(train: pd.DataFrame, cfg: AugmentConfig) -> tuple[pd.DataFrame, dict
     """Augmented training frame (originals first) and the rows each method produced.
 
     Args:
-        train: the training split, columns ``text``, ``label``.
+        train: the training split, columns ``text``, ``label`` (other columns, such as generation's
+            ``reply``, are copied onto the rows made from each text).
         cfg: what to add; the same ``cfg.seed`` gives the same rows.
 
     Returns:
@@ -199,8 +200,9 @@ def augment(train: pd.DataFrame, cfg: AugmentConfig) -> tuple[pd.DataFrame, dict
             if not cfg.back_translation_models:
                 raise ValueError("augmentation 'back_translation' needs back_translation_models (two local folders)")
             new = _seq2seq(cfg.back_translation_models[1], _seq2seq(cfg.back_translation_models[0], texts))
-        frame = pd.DataFrame({"text": new, "label": rows["label"].tolist(), "source": texts})
-        frame = frame[(frame["text"].str.strip() != "") & (frame["text"] != frame["source"])]
+        # every other column (the label; generation's reference reply) goes with its noisy text
+        frame = rows.reset_index(drop=True).assign(text=new, _source=texts)
+        frame = frame[(frame["text"].str.strip() != "") & (frame["text"] != frame["_source"])]
         counts[method] = len(frame)
-        added.append(frame[["text", "label"]])
+        added.append(frame[list(train.columns)])
     return pd.concat([train, *added], ignore_index=True), counts

@@ -78,8 +78,10 @@ class GenerationTask:
 
 
 def evaluate_generator(gen, rows: pd.DataFrame, sample_rows: int = EVAL_ROWS, max_new_tokens: int = EVAL_MAX_NEW_TOKENS,
-                       seed: int = 0, batch_size: int = 8) -> tuple[dict[str, float], pd.DataFrame]:
-    """Score ``gen`` on ``rows`` (columns ``text``, ``reply``).
+                       seed: int = 0, batch_size: int = 8,
+                       perplexity_rows: int | None = None) -> tuple[dict[str, float], pd.DataFrame]:
+    """Score ``gen`` on ``rows`` (columns ``text``, ``reply``): perplexity on all rows (or a seeded
+    sample of ``perplexity_rows``), greedy replies on a seeded sample of ``sample_rows``.
 
     Returns:
         (metrics, sample): metrics ``perplexity`` (all rows), ``n_perplexity``, ``rouge1``,
@@ -90,7 +92,8 @@ def evaluate_generator(gen, rows: pd.DataFrame, sample_rows: int = EVAL_ROWS, ma
     """
     from tuneloop.training.gen_metrics import reply_scores, stop_rate
 
-    ppl = gen.perplexity(rows["text"].tolist(), rows["reply"].tolist(), batch_size=batch_size)
+    ppl_rows = rows if perplexity_rows is None else rows.sample(n=min(perplexity_rows, len(rows)), random_state=seed)
+    ppl = gen.perplexity(ppl_rows["text"].tolist(), ppl_rows["reply"].tolist(), batch_size=batch_size)
     sample = rows.sample(n=min(sample_rows, len(rows)), random_state=seed).reset_index(drop=True)
     order = sample["text"].str.len().argsort(kind="stable").tolist()  # similar lengths batch together
     outputs: dict[int, object] = {}
@@ -100,8 +103,9 @@ def evaluate_generator(gen, rows: pd.DataFrame, sample_rows: int = EVAL_ROWS, ma
             outputs[i] = c
     completions = [outputs[i] for i in range(len(sample))]
     sample = sample.assign(generated=[c.text for c in completions], finish_reason=[c.finish_reason for c in completions],
-                           completion_tokens=[c.completion_tokens for c in completions])
-    metrics = {"perplexity": ppl, "n_perplexity": len(rows),
+                           completion_tokens=[c.completion_tokens for c in completions],
+                           mean_logprob=[c.mean_logprob for c in completions])
+    metrics = {"perplexity": ppl, "n_perplexity": len(ppl_rows),
                **reply_scores(sample["generated"].tolist(), sample["reply"].tolist()),
                "stop_rate": stop_rate(sample["finish_reason"].tolist()),
                "mean_logprob": sum(c.mean_logprob for c in completions) / len(completions),

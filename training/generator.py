@@ -230,7 +230,8 @@ class Generator:
                   "top_p": top_p if sampling else None, "top_k": None}
         with torch.inference_mode():
             self.model.generate(
-                **{k: v.to(self.device) for k, v in enc.items()}, max_new_tokens=max(budgets),
+                input_ids=enc["input_ids"].to(self.device), attention_mask=enc["attention_mask"].to(self.device),
+                max_new_tokens=max(budgets),
                 pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
                 logits_processor=LogitsProcessorList([tracker]), stopping_criteria=StoppingCriteriaList([tracker]), **kwargs,
             )
