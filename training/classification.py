@@ -62,6 +62,14 @@ class ClassificationTask:
         pred, _ = predictor.predict(rows["text"].tolist())
         return classification_metrics(rows["label"].tolist(), pred, per_class=False)
 
+    def summary(self, result) -> str:
+        """One line of a training result's test figures (``tuneloop train`` prints it)."""
+        m = result.test_metrics
+        return (f"test n={m['n']} accuracy={m['accuracy']:.4f} macro_precision={m['macro_precision']:.4f} "
+                f"macro_recall={m['macro_recall']:.4f} macro_f1={m['macro_f1']:.4f} "
+                f"({result.epochs_run:g} epochs, {result.seconds:.0f} s, "
+                f"{result.extra.get('examples_per_second', 0):.0f} examples/s)")
+
     def warm_up(self, predictor):
         """One prediction per batch shape the service uses (:func:`tuneloop.serving.inference.warm_up`
         does the serving-specific passes on top)."""

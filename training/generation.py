@@ -72,6 +72,21 @@ class GenerationTask:
             raise ValueError("evaluation needs at least one row")
         return evaluate_generator(predictor, rows, self.eval_rows, self.max_new_tokens, self.seed)[0]
 
+    def summary(self, result) -> str:
+        """The test figures of a training result, fine-tuned and (when measured) base side by side."""
+        m, b = result.test_metrics, result.extra.get("base_test_metrics") or {}
+        keys = ("perplexity", "rougeL", "bleu", "chrf", "stop_rate", "placeholder_fidelity", "length_ratio")
+
+        def fmt(d: dict) -> str:
+            return " ".join(f"{k}={d[k]:.4f}" for k in keys if isinstance(d.get(k), float))
+
+        lines = [f"test (replies n={m['n']}, perplexity n={m['n_perplexity']}) fine-tuned: {fmt(m)}"]
+        if b:
+            lines.append(f"test base (same rows): {fmt(b)}")
+        lines.append(f"({result.epochs_run:g} epochs, {result.seconds:.0f} s, "
+                     f"{result.extra.get('tokens_per_second', 0):.0f} tokens/s)")
+        return "\n".join(lines)
+
     def warm_up(self, predictor):
         """One short greedy reply (the first ``generate`` call allocates its caches)."""
         return predictor.generate(["Hello"], max_new_tokens=2)

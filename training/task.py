@@ -16,6 +16,7 @@ The contract, in the order the loop uses it:
 * :meth:`Task.save`: how the trained model and its artifacts become a new version in the store.
 * :meth:`Task.load_predictor`: how a stored version is loaded for inference.
 * :meth:`Task.evaluate`: its metrics on rows (a dict that holds ``primary_metric``).
+* :meth:`Task.summary`: a training result's figures, for the terminal.
 * :meth:`Task.warm_up`: the passes that make the first real request fast.
 
 What a prediction, a feedback record and the drift signals are live in the serving and monitoring
@@ -62,6 +63,9 @@ class Task(Protocol):
         Raises:
             ValueError: ``rows`` is empty.
         """
+
+    def summary(self, result: Any) -> str:
+        """A few lines of a training result's test figures, for the terminal."""
 
     def warm_up(self, predictor: Any) -> Any:
         """Run the warm-up passes; returns what the serving layer needs to know of them."""

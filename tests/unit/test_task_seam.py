@@ -14,7 +14,7 @@ def test_registry_and_defaults():
     assert isinstance(get_task("classification"), ClassificationTask)
     assert task_of({}).name == DEFAULT_TASK == "classification"  # versions saved before tasks were recorded
     assert task_of({"task": "classification"}).primary_metric == "macro_f1"
-    with pytest.raises(ValueError, match="unknown task 'translation': use one of \\['classification'\\]"):
+    with pytest.raises(ValueError, match="unknown task 'translation': use one of \\['classification', 'generation'\\]"):
         get_task("translation")
 
 
