@@ -6,8 +6,13 @@ migration):
     predictions: seq (autoincrement order), request_id (unique), created_at (Unix s), text,
         label, confidence (0..1), top3 (JSON list of [label, prob]), model_tag, latency_ms,
         http_request_id (the ``X-Request-ID`` of the HTTP request that carried the text).
-    feedback: seq, request_id (unique; a second feedback for the same id replaces the label),
-        true_label, created_at.
+    feedback: seq, request_id (unique; a second feedback for the same id replaces the first),
+        true_label (classification; null for a generation's feedback), reply (a reviewer's
+        corrected reply, generation), rating (+1 good, -1 bad, generation), created_at.
+    generations: what a generation answered, one row per generation ``predictions`` row (same
+        request_id, unique; the prediction row holds the prompt): reply, finish_reason
+        (``stop``/``length``), prompt_tokens, completion_tokens, mean_logprob (mean natural-log
+        probability of the generated tokens, <= 0), first_token_ms (request arrival to first token).
     decisions: one row per monitoring cycle that judged a window: its seq range and size, every
         signal (JSON), the decision and its reason, champion and challenger tags, the retrain
         outcome (JSON) and the report's path.
@@ -41,13 +46,29 @@ class Prediction(Base):
 
 
 class Feedback(Base):
-    """A reviewer's true label for one logged prediction."""
+    """A reviewer's verdict on one logged prediction: a true label (classification), or a corrected
+    reply and/or a rating (generation)."""
 
     __tablename__ = "feedback"
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     request_id: Mapped[str] = mapped_column(String(64), unique=True, index=True)
-    true_label: Mapped[str] = mapped_column(String(256))
+    true_label: Mapped[str | None] = mapped_column(String(256), nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
+    reply: Mapped[str | None] = mapped_column(Text, nullable=True)
+    rating: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class Generation(Base):
+    """What one generation answered (its prompt is the ``predictions`` row of the same request_id)."""
+
+    __tablename__ = "generations"
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reply: Mapped[str] = mapped_column(Text)
+    finish_reason: Mapped[str] = mapped_column(String(16))
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    mean_logprob: Mapped[float] = mapped_column(Float)
+    first_token_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Decision(Base):
