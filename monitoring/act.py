@@ -22,12 +22,13 @@ from pathlib import Path
 from tuneloop.monitoring.drift import save_report
 from tuneloop.monitoring.embeddings import novelty
 from tuneloop.monitoring.exporter import MonitorMetrics
-from tuneloop.monitoring.label_queue import QUEUE_FILE, rank_for_labelling, write_queue
+from tuneloop.monitoring.label_queue import QUEUE_FILE, has_feedback, rank_for_labelling, write_queue
 from tuneloop.monitoring.monitor_config import CURSOR_KEY, FEEDBACK_CURSOR_KEY, POLICY_STATE_KEY, MonitorConfig
 from tuneloop.monitoring.observe import Observation
 from tuneloop.monitoring.policy import Decision
 from tuneloop.monitoring.retrain import retrain_and_gate
 from tuneloop.monitoring.signals import WindowReport
+from tuneloop.monitoring.tasks import task_policy
 from tuneloop.state.audit import AuditLog
 from tuneloop.state.home import Home
 from tuneloop.state.traffic_store import TrafficLog
@@ -43,7 +44,7 @@ RECENT_SEARCH_FACTOR = 4
 MIN_RECENT_DIVISOR = 2
 # WindowReport figures each audit row carries beside the signals.
 AUDITED_FIGURES = frozenset({"n_labels", "accuracy", "accuracy_ci", "macro_f1", "reference_accuracy",
-                             "estimated_accuracy", "estimated_accuracy_sd", "estimates", "intents"})
+                             "estimated_accuracy", "estimated_accuracy_sd", "estimates", "intents", "figures"})
 
 
 @contextmanager
@@ -165,7 +166,7 @@ def run_retrain(ctx: ActContext, champion_tag: str, reason: str) -> RetrainResul
         end = ctx.traffic.max_seq()
         size = ctx.cfg.retrain.reference_rows
         recent = ctx.traffic.read_window(max(0, end - RECENT_SEARCH_FACTOR * size), end)
-        recent = recent[recent["true_label"].isna()].tail(size)
+        recent = recent[~has_feedback(recent)].tail(size)
         ctx.metrics.retraining.set(1)
         try:
             outcome = retrain_and_gate(ctx.home, champion_tag, labelled, ctx.cfg.retrain,
@@ -201,7 +202,7 @@ def act(ctx: ActContext, observation: Observation, decision: Decision) -> Action
         The ActionResult; its ``feedback_cursor`` is what the next cycle counts new labels from.
     """
     json_path = publish_report(ctx, observation)
-    ctx.metrics.observe_window(observation.report, decision, ctx.cfg.policy)
+    ctx.metrics.observe_window(observation.report, decision, task_policy(ctx.cfg.policy, observation.task))
     queue_size = refresh_label_queue(ctx, observation) if ctx.cfg.label_queue_size else None
     retrained = None
     if decision.action == "retrain":

@@ -11,7 +11,7 @@ import pandas as pd
 from tuneloop.monitoring.drift import DriftConfig, compute_signals
 from tuneloop.monitoring.embeddings import embed_texts
 from tuneloop.monitoring.performance import load_calibration
-from tuneloop.monitoring.signals import ALL_SIGNALS, WindowReport
+from tuneloop.monitoring.signals import ACCURACY, ALL_SIGNALS, WindowReport
 from tuneloop.monitoring.tasks import ChampionView
 
 
@@ -20,6 +20,7 @@ class ClassificationMonitoring:
 
     name = "classification"
     signals = ALL_SIGNALS
+    sufficient_signals = (ACCURACY,)  # a significant accuracy drop on enough feedback alarms a window alone
 
     def champion_view(self, model_dir: Path, reference: pd.DataFrame, embeddings: bool,
                       embed_threads: int | None) -> ChampionView:

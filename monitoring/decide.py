@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from tuneloop.monitoring.observe import Observation, WindowSpan
 from tuneloop.monitoring.policy import Action, Decision, DriftPolicy, decide
+from tuneloop.monitoring.tasks import task_policy
 
 __all__ = ["SKIP_SMALL_WINDOW", "Action", "Decision", "decide_window", "small_window_reason"]
 
@@ -41,11 +42,13 @@ def decide_window(observation: Observation, policy: DriftPolicy) -> Decision:
     Args:
         observation: the window's signals, the policy state it starts from, and the labels logged
             since the last retrain (``observation.new_labels``).
-        policy: thresholds and rules.
+        policy: thresholds and rules, fitted to the signals of the observation's task
+            (:func:`tuneloop.monitoring.tasks.task_policy`).
 
     Returns:
         The Decision: ``action`` (none, wait, retrain, need_labels, cooldown, or skip_small_window when
         the report holds fewer than ``min_window`` rows), ``reason``, the fired signals, and the
         PolicyState to store for the next window.
     """
-    return decide(observation.report, policy, observation.policy_state, new_labels=observation.new_labels)
+    return decide(observation.report, task_policy(policy, observation.task), observation.policy_state,
+                  new_labels=observation.new_labels)

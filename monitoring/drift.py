@@ -98,16 +98,19 @@ def text_drift(ctx: WindowContext, m: Measurements) -> SignalResult:
                         evidently_fired=m.values["verdicts"].get("text"))
 
 
-def descriptor_drift(ctx: WindowContext, m: Measurements) -> SignalResult:
-    """``descriptor_drift``: value = p-value = the smallest of the three descriptors' K-S p-values times 3
-    (Bonferroni, capped at 1), threshold = alpha; per-descriptor p-values and means in ``details``."""
-    p_values = {d: m.values[d] for d in DESCRIPTOR_NAMES}
-    corrected = min(1.0, len(DESCRIPTOR_NAMES) * min(p_values.values()))
+def descriptor_drift(ctx: WindowContext, m: Measurements, names: tuple[str, ...] = DESCRIPTOR_NAMES,
+                     name: str = DESCRIPTORS,
+                     method: str = "K-S on length, OOV share, non-letter share (min p x 3)") -> SignalResult:
+    """``descriptor_drift``: value = p-value = the smallest of the descriptors' p-values (``m.values[d]`` for
+    ``d`` in ``names``; classification: the three text descriptors' K-S p-values) times their number
+    (Bonferroni, capped at 1), threshold = alpha; per-descriptor p-values and means (``m.values["means"]``)
+    in ``details``. ``name`` and ``method`` label the result (generation's ``reply_drift`` passes its own)."""
+    p_values = {d: m.values[d] for d in names}
+    corrected = min(1.0, len(names) * min(p_values.values()))
     details = {d: {"p_value": p_values[d], "reference_mean": m.values["means"][d][0],
-                   "current_mean": m.values["means"][d][1]} for d in DESCRIPTOR_NAMES}
-    return SignalResult(name=DESCRIPTORS, method="K-S on length, OOV share, non-letter share (min p x 3)",
-                        value=corrected, threshold=ctx.config.alpha, fired=corrected < ctx.config.alpha,
-                        p_value=corrected, details=details)
+                   "current_mean": m.values["means"][d][1]} for d in names}
+    return SignalResult(name=name, method=method, value=corrected, threshold=ctx.config.alpha,
+                        fired=corrected < ctx.config.alpha, p_value=corrected, details=details)
 
 
 def embedding_drift(ctx: WindowContext, m: Measurements) -> SignalResult:

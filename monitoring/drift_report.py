@@ -94,6 +94,53 @@ def _descriptors(vocab: frozenset[str] | set[str]) -> list:
             NonLetterCharacterPercentage("text", alias="non_letter_share")]
 
 
+def with_embeddings(ref: pd.DataFrame, cur: pd.DataFrame, embeddings: tuple[np.ndarray, np.ndarray, float],
+                    method: str) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, list[str]], Any]:
+    """The two frames with their embeddings as columns ``emb_000...``, and the report's embedding section.
+
+    Args:
+        ref, cur: prepared frames, one row per embedding row.
+        embeddings: (reference (n_ref, d), current (n_cur, d), cutoff on the method's statistic).
+        method: ``DriftConfig.embedding_method``.
+
+    Returns:
+        (ref, cur with a fresh index, the ``DataDefinition`` ``embeddings`` mapping ``{EMBEDDINGS_NAME: columns}``,
+        the ``EmbeddingsDriftScore`` metric whose test fails when the statistic exceeds the cutoff).
+    """
+    import pandas as pd
+    from evidently.tests import lte
+
+    ref_emb, cur_emb, cut = embeddings
+    cols = [f"emb_{i:03d}" for i in range(ref_emb.shape[1])]
+    ref = pd.concat([ref.reset_index(drop=True), pd.DataFrame(ref_emb, columns=cols)], axis=1)
+    cur = pd.concat([cur.reset_index(drop=True), pd.DataFrame(cur_emb, columns=cols)], axis=1)
+    metric = embeddings_drift_metric()(embeddings_name=EMBEDDINGS_NAME, method=method,
+                                       tests=[lte(cut)])  # drift: statistic > cutoff
+    return ref, cur, {EMBEDDINGS_NAME: cols}, metric
+
+
+def report_values(snapshot, metrics: list) -> dict[str, Any]:
+    """A report's numbers by section: each ``ValueDrift``'s value under its column (AUC for text, p-value
+    for the tests), each ``MeanValue``'s under ``mean_<column>``, the embedding section's under
+    ``embedding``, and ``verdicts``: column -> Evidently's ``ValueDrift`` verdict (True: drift)."""
+    from evidently.metrics import MeanValue, ValueDrift
+
+    values: dict[str, Any] = {}
+    drift_columns = {}  # metric id -> column of each ValueDrift
+    for metric in metrics:
+        value = float(snapshot.metric_results[metric.metric_id].value)
+        if isinstance(metric, ValueDrift):
+            values[metric.column] = value
+            drift_columns[metric.metric_id] = metric.column
+        elif isinstance(metric, MeanValue):
+            values["mean_" + metric.column] = value
+        else:
+            values["embedding"] = value
+    values["verdicts"] = {drift_columns[t.metric_config.metric_id]: t.status.value == "FAIL"
+                          for t in snapshot.tests_results if t.metric_config.metric_id in drift_columns}
+    return values
+
+
 def build_snapshot(ref: pd.DataFrame, cur: pd.DataFrame, cfg: DriftConfig, text_cut: float,
                    embeddings: tuple[np.ndarray, np.ndarray, float] | None, vocab: set[str] | None,
                    metadata: dict[str, str]) -> tuple[Any, dict]:
@@ -114,10 +161,8 @@ def build_snapshot(ref: pd.DataFrame, cur: pd.DataFrame, cfg: DriftConfig, text_
         and ``mean_<column>`` (the MeanValue sections) to numbers, ``means`` to per-descriptor
         (reference, current) means and ``verdicts`` to Evidently's ``ValueDrift`` verdicts by column.
     """
-    import pandas as pd
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import MeanValue, ValueDrift
-    from evidently.tests import lte
 
     numerical = [c for c in ("confidence", "correct", "calibrated_confidence", "above_atc_threshold")
                  if c in ref.columns]
@@ -127,13 +172,8 @@ def build_snapshot(ref: pd.DataFrame, cur: pd.DataFrame, cfg: DriftConfig, text_
     metrics += [ValueDrift(column=d, method="ks", threshold=desc_alpha) for d in DESCRIPTOR_NAMES]
     emb_def = None
     if embeddings is not None:
-        ref_emb, cur_emb, cut = embeddings
-        cols = [f"emb_{i:03d}" for i in range(ref_emb.shape[1])]
-        ref = pd.concat([ref.reset_index(drop=True), pd.DataFrame(ref_emb, columns=cols)], axis=1)
-        cur = pd.concat([cur.reset_index(drop=True), pd.DataFrame(cur_emb, columns=cols)], axis=1)
-        emb_def = {EMBEDDINGS_NAME: cols}
-        metrics.append(embeddings_drift_metric()(embeddings_name=EMBEDDINGS_NAME, method=cfg.embedding_method,
-                                                 tests=[lte(cut)]))  # drift: statistic > cutoff
+        ref, cur, emb_def, metric = with_embeddings(ref, cur, embeddings, cfg.embedding_method)
+        metrics.append(metric)
     metrics += [ValueDrift(column="label", method=label_stattest(cfg.label_permutations), threshold=cfg.alpha),
                 ValueDrift(column="confidence", method="ks", threshold=cfg.alpha)]
     if "calibrated_confidence" in cur.columns:
@@ -147,19 +187,7 @@ def build_snapshot(ref: pd.DataFrame, cur: pd.DataFrame, cfg: DriftConfig, text_
     cur_ds = Dataset.from_pandas(cur, data_definition=dd, descriptors=descriptors)
     ref_ds = Dataset.from_pandas(ref, data_definition=dd, descriptors=descriptors)
     snapshot = Report(metrics, include_tests=True, metadata=metadata, tags=["tuneloop"]).run(cur_ds, ref_ds)
-    values: dict[str, Any] = {}
-    drift_columns = {}  # metric id -> column of each ValueDrift
-    for metric in metrics:
-        value = float(snapshot.metric_results[metric.metric_id].value)
-        if isinstance(metric, ValueDrift):
-            values[metric.column] = value
-            drift_columns[metric.metric_id] = metric.column
-        elif isinstance(metric, MeanValue):
-            values["mean_" + metric.column] = value
-        else:
-            values["embedding"] = value
-    values["verdicts"] = {drift_columns[t.metric_config.metric_id]: t.status.value == "FAIL"
-                          for t in snapshot.tests_results if t.metric_config.metric_id in drift_columns}
+    values = report_values(snapshot, metrics)
     ref_df, cur_df = ref_ds.as_dataframe(), cur_ds.as_dataframe()
     values["means"] = {d: (float(ref_df[d].mean()), float(cur_df[d].mean())) for d in DESCRIPTOR_NAMES}
     return snapshot, values

@@ -77,3 +77,31 @@ def novelty(reference: np.ndarray, current: np.ndarray) -> np.ndarray:
     if len(current) == 0 or len(reference) == 0:
         return np.zeros(len(current))
     return 1.0 - (current @ reference.T).max(axis=1)
+
+
+SENTENCE_ENCODER_MAX_LENGTH = 128  # tokens kept per prompt: all-MiniLM-L6-v2 was trained on up to 128 tokens
+
+
+def load_sentence_encoder(path: str | None = None, device: str = "cpu", max_length: int = SENTENCE_ENCODER_MAX_LENGTH):
+    """A sentence encoder that :func:`embed_texts` takes in place of a classifier: the shipped
+    all-MiniLM-L6-v2 (``tuneloop.training.model.default_base_model()``) without a head, for models that
+    have no encoder of their own to embed traffic with (generation embeds its prompts with it).
+
+    Args:
+        path: a ``save_pretrained`` encoder folder with safetensors weights; None: the shipped MiniLM.
+        device: ``"cpu"`` or ``"cuda"``.
+        max_length: tokens kept per text.
+
+    Returns:
+        A :class:`tuneloop.training.predict.Classifier` whose ``model`` is the bare encoder (an
+        ``AutoModel``, its own ``base_model``) and whose ``labels`` are empty: use it for embeddings only.
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    from tuneloop.training.model import default_base_model
+    from tuneloop.training.predict import Classifier
+
+    folder = path or default_base_model()
+    model = AutoModel.from_pretrained(folder, use_safetensors=True).to(device).eval()
+    return Classifier(tokenizer=AutoTokenizer.from_pretrained(folder), model=model, labels=[], device=device,
+                      max_length=max_length)

@@ -36,6 +36,16 @@ descriptor, action, outcome and intent names, never a request). Per window:
     tuneloop_monitor_labels_since_retrain           new labels available to the next retrain
     tuneloop_monitor_label_queue_size               requests in the labelling queue
     tuneloop_monitor_decisions_total{action}        decisions by action
+Per window of a generation champion (drift_score, _threshold, _p_value, _fired carry its signals: text_drift,
+embedding_drift, reply_drift, confidence_drift, rouge_drop, bad_rating_rise; descriptor_mean and
+descriptor_p_value its reply descriptors reply_length, stop_rate, placeholder_rate; confidence_mean the
+geometric-mean token probability):
+    tuneloop_monitor_generation_rouge_l{sample}     mean ROUGE-L F of replies vs corrected replies, reference|current
+    tuneloop_monitor_generation_bad_rating_share{sample}  share of bad ratings, baseline (reference)|current
+    tuneloop_monitor_generation_stop_rate{sample}   share of replies that stopped on their own
+    tuneloop_monitor_generation_mean_logprob{sample}  mean token log-probability of the replies (nats)
+    tuneloop_monitor_generation_reply_length_characters{sample}  mean reply length
+    tuneloop_monitor_generation_feedback_rows{kind} window rows with a corrected reply | a rating
 Always:
     tuneloop_monitor_champion_info{tag}             1 for the tag the monitor judges against
     tuneloop_monitor_retraining                     1 while a challenger trains
@@ -57,6 +67,17 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 ACTIONS = ("none", "wait", "retrain", "need_labels", "cooldown")  # policy actions of judged windows
+# WindowReport.figures name -> (gauge name after tuneloop_monitor_, help); each labelled by sample
+FIGURE_GAUGES = {
+    "rouge_l": ("generation_rouge_l", "Mean ROUGE-L F-measure of replies vs corrected replies (reference: vs "
+                "reference replies)"),
+    "bad_rating_share": ("generation_bad_rating_share", "Share of bad ratings (reference: the baseline)"),
+    "stop_rate": ("generation_stop_rate", "Share of replies that stopped before their token budget"),
+    "mean_logprob": ("generation_mean_logprob", "Mean token log-probability of the replies (nats)"),
+    "reply_length": ("generation_reply_length_characters", "Mean reply length in characters"),
+}
+DESCRIPTOR_SIGNALS = ("descriptor_drift", "reply_drift")  # signals whose details are per-descriptor results
+FEEDBACK_KINDS = {"rouge_drop": "corrected", "bad_rating_rise": "rated"}  # signal -> feedback rows it counts
 OUTCOMES = ("promoted", "rejected", "failed")
 
 
@@ -221,6 +242,9 @@ class MonitorMetrics:
         self.intent_recall = gauge("intent_recall", "Feedback recall of the most-moved intents", ("intent",))
         self.intent_share = gauge("intent_share", "Share of labelled traffic of the most-moved intents",
                                   ("intent", "sample"))
+        self.figures = {name: gauge(metric, doc, ("sample",)) for name, (metric, doc) in FIGURE_GAUGES.items()}
+        self.feedback_rows = gauge("generation_feedback_rows", "Window rows with a corrected reply or a rating",
+                                   ("kind",))
         self.alarm = gauge("window_alarm", "1 when the last window alarmed")
         self.consecutive = gauge("consecutive_alarms", "Alarming windows in a row")
         self.degraded = gauge("degraded", "1 when the model is judged degraded")
@@ -256,7 +280,9 @@ class MonitorMetrics:
             self.threshold.labels(sig.name).set(_num(sig.threshold))
             self.p_value.labels(sig.name).set(_num(sig.p_value))
             self.fired.labels(sig.name).set(1.0 if sig.name in decision.fired else 0.0)
-            if sig.name == "descriptor_drift":
+            if sig.name in FEEDBACK_KINDS:
+                self.feedback_rows.labels(FEEDBACK_KINDS[sig.name]).set(_num(sig.details.get("n_labels")))
+            if sig.name in DESCRIPTOR_SIGNALS:
                 for name, d in sig.details.items():
                     self.descriptor_p.labels(name).set(_num(d["p_value"]))
                     self.descriptor_mean.labels(name, "reference").set(_num(d["reference_mean"]))
@@ -282,6 +308,10 @@ class MonitorMetrics:
         self.estimated_ref.set(_num(report.reference_estimated_accuracy))
         for method, value in report.estimates.items():
             self.estimated_by.labels(method).set(_num(value))
+        for name, by_sample in report.figures.items():
+            if name in self.figures:
+                for sample, value in by_sample.items():
+                    self.figures[name].labels(sample).set(_num(value))
         self.intent_recall.clear()
         self.intent_share.clear()
         for item in report.intents:

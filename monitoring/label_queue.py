@@ -26,6 +26,18 @@ QUEUE_FILE = "label_queue.json"
 # queue is enough feedback for a retrain.
 DEFAULT_QUEUE_SIZE = 50
 QUEUE_COLUMNS = ["request_id", "text", "label", "confidence", "novelty", "score"]
+# A traffic row has feedback when any of these is known: a true label (classification), a corrected reply or
+# a rating (generation).
+FEEDBACK_COLUMNS = ("true_label", "true_reply", "rating")
+
+
+def has_feedback(frame: pd.DataFrame) -> np.ndarray:
+    """Per row of ``frame``: True where any of :data:`FEEDBACK_COLUMNS` it has is known; shape (len(frame),)."""
+    mask = np.zeros(len(frame), dtype=bool)
+    for column in FEEDBACK_COLUMNS:
+        if column in frame.columns:
+            mask |= frame[column].notna().to_numpy()
+    return mask
 
 
 def rank_for_labelling(window: pd.DataFrame, novelty: np.ndarray | None,
@@ -33,7 +45,8 @@ def rank_for_labelling(window: pd.DataFrame, novelty: np.ndarray | None,
     """The ``size`` most useful unlabelled rows of a window, best first.
 
     Args:
-        window: rows with ``request_id, text, label, confidence`` and ``true_label`` (None if unlabelled).
+        window: rows with ``request_id, text, label, confidence`` and feedback columns (:data:`FEEDBACK_COLUMNS`,
+            None where none came): rows with feedback are left out.
         novelty: per row of ``window``, 1 - nearest-reference cosine similarity, shape (n,); None: rank
             by uncertainty alone.
         size: queue length.
@@ -43,8 +56,7 @@ def rank_for_labelling(window: pd.DataFrame, novelty: np.ndarray | None,
     """
     frame = window.reset_index(drop=True).copy()
     frame["novelty"] = np.nan if novelty is None else np.asarray(novelty, dtype=float)
-    if "true_label" in frame:
-        frame = frame[frame["true_label"].isna()]
+    frame = frame[~has_feedback(frame)]
     if frame.empty:
         return frame.assign(score=[])[QUEUE_COLUMNS]
     uncertainty = (1 - frame["confidence"].astype(float)).rank(pct=True)

@@ -24,7 +24,7 @@ from tuneloop.state.audit import AuditLog
 from tuneloop.state.home import Home
 from tuneloop.state.registry import REFERENCE_FILE, get_model
 from tuneloop.state.traffic_store import TrafficLog
-from tuneloop.training.task import task_of
+from tuneloop.training.task import DEFAULT_TASK, task_of
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -130,6 +130,7 @@ class Observation:
         policy_state: the state the policy left after the previous judged window.
         feedback_cursor: feedback seq of the newest label the last retrain saw (0 before any retrain).
         new_labels: labels logged after ``feedback_cursor``: what a retrain now would learn from.
+        task: the champion's task (its signals are the report's; the policy is fitted to them).
     """
 
     champion_tag: str
@@ -139,6 +140,7 @@ class Observation:
     policy_state: PolicyState
     feedback_cursor: int
     new_labels: int
+    task: str = DEFAULT_TASK
 
 
 def observe(ctx: ObserveContext, span: WindowSpan, champion_tag: str) -> Observation:
@@ -164,4 +166,4 @@ def observe(ctx: ObserveContext, span: WindowSpan, champion_tag: str) -> Observa
     return Observation(champion_tag=champion_tag, span=span, window=window, report=report,
                        policy_state=PolicyState(**ctx.audit.get_state(POLICY_STATE_KEY, {})),
                        feedback_cursor=feedback_cursor,
-                       new_labels=len(ctx.traffic.labelled(after_feedback_seq=feedback_cursor)))
+                       new_labels=len(ctx.traffic.labelled(after_feedback_seq=feedback_cursor)), task=view.task)

@@ -37,9 +37,14 @@ from tuneloop.monitoring.signals import (
     ACCURACY,
     ALL_SIGNALS,
     FAMILY_ALPHA,
+    KNOWN_SIGNALS,
     MAX_ACCURACY_DROP,
+    MAX_BAD_RATING_RISE,
+    MAX_ROUGE_DROP,
     MIN_LABELS,
     MIN_ROWS,
+    RATING,
+    ROUGE,
     DriftConfig,
     SignalResult,
     WindowReport,
@@ -61,6 +66,8 @@ STRONG_ALPHA = 1e-4
 MIN_NEW_LABELS = 50  # chosen (README rule 4): a retrain should learn from at least this much new feedback
 COOLDOWN_WINDOWS = 3  # chosen (README rule 4): windows after a retrain during which no new one starts
 COOLDOWN_SECONDS = 0.0  # off by default: the window count above is the cooldown
+# Feedback signals other than accuracy_drop: the policy field holding the effect each must reach to fire.
+EFFECT_THRESHOLDS = {ROUGE: "max_rouge_drop", RATING: "max_bad_rating_rise"}
 
 
 class DriftPolicy(BaseModel):
@@ -69,11 +76,14 @@ class DriftPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     min_window: int = Field(MIN_WINDOW, ge=MIN_ROWS, description="Windows with fewer rows are not judged.")
-    signals: tuple[str, ...] = Field(ALL_SIGNALS, description="Signals that count (names from drift.ALL_SIGNALS).")
+    signals: tuple[str, ...] = Field(ALL_SIGNALS, description="Signals that count (names from signals.KNOWN_SIGNALS). "
+                                     "Left unset: the champion's task's signals (classification's six by default; "
+                                     "see for_signals).")
     alpha: float = Field(FAMILY_ALPHA, gt=0, lt=1, description="Family-wise false-alarm level per window, all signals.")
     correction: Literal["bonferroni", "none"] = Field("bonferroni", description="Multiple-testing correction.")
     min_signals: int = Field(MIN_SIGNALS, ge=1, description="Signals that must fire in one window for it to alarm.")
-    sufficient_signals: tuple[str, ...] = Field((ACCURACY,), description="Signals that alarm a window on their own.")
+    sufficient_signals: tuple[str, ...] = Field((ACCURACY,), description="Signals that alarm a window on their own "
+                                                "(left unset: the task's feedback signals).")
     confirm_windows: int = Field(CONFIRM_WINDOWS, ge=1, description="Consecutive alarming windows before 'degraded'.")
     strong_alpha: float | None = Field(STRONG_ALPHA, gt=0, lt=1, description="An alarming window where min_signals "
                                        "signals have p below this is confirmed on its own; None: never.")
@@ -81,6 +91,10 @@ class DriftPolicy(BaseModel):
                                          description="Labels in the window before accuracy_drop may fire.")
     max_accuracy_drop: float = Field(MAX_ACCURACY_DROP, ge=0, le=1,
                                      description="Absolute accuracy drop vs the reference.")
+    max_rouge_drop: float = Field(MAX_ROUGE_DROP, ge=0, le=1, description="generation: drop of the live ROUGE-L "
+                                  "below the reference's for rouge_drop to fire.")
+    max_bad_rating_rise: float = Field(MAX_BAD_RATING_RISE, ge=0, le=1, description="generation: rise of the "
+                                       "bad-rating share above its baseline for bad_rating_rise to fire.")
     min_new_labels: int = Field(MIN_NEW_LABELS, ge=0,
                                 description="New labels since the last retrain needed to retrain.")
     cooldown_windows: int = Field(COOLDOWN_WINDOWS, ge=0,
@@ -89,9 +103,9 @@ class DriftPolicy(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> DriftPolicy:
-        unknown = set(self.signals) - set(ALL_SIGNALS)
+        unknown = set(self.signals) - set(KNOWN_SIGNALS)
         if unknown or not self.signals:
-            raise ValueError(f"signals {sorted(unknown) or '[]'} invalid; choose a non-empty subset of {ALL_SIGNALS}")
+            raise ValueError(f"signals {sorted(unknown) or '[]'} invalid; choose a non-empty subset of {KNOWN_SIGNALS}")
         if not set(self.sufficient_signals) <= set(self.signals):
             raise ValueError(f"sufficient_signals {self.sufficient_signals} must be among signals {self.signals}")
         if self.min_signals > len(self.signals):
@@ -106,7 +120,32 @@ class DriftPolicy(BaseModel):
     def drift_config(self, **overrides) -> DriftConfig:
         """A DriftConfig whose own ``fired`` flags (and Evidently's HTML verdicts) match this policy."""
         return DriftConfig(**{"alpha": self.per_signal_alpha, "min_labels": self.min_labels_for_accuracy,
-                              "max_accuracy_drop": self.max_accuracy_drop, **overrides})
+                              "max_accuracy_drop": self.max_accuracy_drop, "max_rouge_drop": self.max_rouge_drop,
+                              "max_bad_rating_rise": self.max_bad_rating_rise, **overrides})
+
+    def for_signals(self, signals: tuple[str, ...], sufficient: tuple[str, ...]) -> DriftPolicy:
+        """This policy for a task that computes ``signals``, of which ``sufficient`` alarm a window alone.
+
+        ``signals`` and ``sufficient_signals`` left at their defaults become the task's; set ones are kept
+        when the task computes all of the signals, else the task's own signals count (a policy written for
+        one task's signals would otherwise judge another's on signals it never computes). Sufficient
+        signals the counted ones lack are dropped, and ``min_signals`` is capped at their number.
+
+        Args:
+            signals: the task's signal names (``MonitoringTask.signals``).
+            sufficient: those that alarm a window on their own (``MonitoringTask.sufficient_signals``).
+
+        Returns:
+            This policy when nothing changes (classification with the defaults), else an adapted copy.
+        """
+        explicit = "signals" in self.model_fields_set and set(self.signals) <= set(signals)
+        counted = self.signals if explicit else tuple(signals)
+        wanted = self.sufficient_signals if "sufficient_signals" in self.model_fields_set else sufficient
+        alone = tuple(s for s in wanted if s in counted)
+        if counted == self.signals and alone == self.sufficient_signals:
+            return self
+        return DriftPolicy.model_validate({**self.model_dump(), "signals": counted, "sufficient_signals": alone,
+                                           "min_signals": min(self.min_signals, len(counted))})
 
 
 class PolicyState(BaseModel):
@@ -147,6 +186,13 @@ def _fires(sig: SignalResult, report: WindowReport, policy: DriftPolicy, alpha: 
                        f"on {report.n_labels} labels "
                        f"(drop {sig.value:.3f} vs >= {policy.max_accuracy_drop:.3f}, need >= "
                        f"{policy.min_labels_for_accuracy} labels; Fisher p={p_txt} vs < {alpha:.3g})")
+    if sig.name in EFFECT_THRESHOLDS:  # like accuracy_drop: enough feedback and an effect that matters
+        if sig.value is None:
+            return False, f"{sig.name}: no feedback"
+        n, effect = int(sig.details.get("n_labels", 0)), getattr(policy, EFFECT_THRESHOLDS[sig.name])
+        fired = (p is not None and p < alpha and n >= policy.min_labels_for_accuracy and sig.value >= effect)
+        return fired, (f"{sig.name}: {sig.method.split(' (')[0]} {sig.value:+.3f} on {n} labels (vs >= {effect:.3f}, "
+                       f"need >= {policy.min_labels_for_accuracy} labels; p={p_txt} vs < {alpha:.3g})")
     fired = p is not None and p < alpha
     method = sig.method.split(" (")[0]
     if sig.value is not None and sig.value != p:  # a score with its own p-value (text: ROC AUC)

@@ -3,7 +3,9 @@ champion on one holdout, and promote it when it wins.
 
 No text that evaluates a model reaches its training: feedback is split by a hash of its request
 id into a training share and a held-back share; the holdout is the original test split plus the
-held-back feedback; and feedback rows whose text is in the holdout are dropped from training.
+held-back feedback; and feedback rows whose text is in the holdout are dropped from training. Which
+feedback makes a training or a holdout row, and with which columns, is the task's
+(:mod:`tuneloop.monitoring.feedback_rows`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 from pydantic import BaseModel, Field
 
+from tuneloop.monitoring.feedback_rows import feedback_rows
 from tuneloop.monitoring.gate import GateConfig, run_gate
 from tuneloop.state.home import Home
 from tuneloop.state.registry import get_model, promote
@@ -59,24 +62,24 @@ class RetrainOutcome:
 
 
 def split_feedback(labelled: pd.DataFrame, holdout_fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Deterministically split feedback rows (columns request_id, text, true_label) into
-    (train, held_back) frames with columns ``text, label``; a request always lands on the same side."""
+    """Deterministically split feedback rows (``TrafficLog.labelled()``: request_id, text, true_label,
+    ...) into (train, held_back) shares of about ``1 - holdout_fraction`` and ``holdout_fraction``, by a
+    hash of the request id: a request always lands on the same side. Both keep every column."""
     if labelled.empty:
-        empty = pd.DataFrame(columns=["text", "label"])
-        return empty, empty.copy()
+        return labelled.iloc[:0].copy(), labelled.iloc[:0].copy()
     bucket = labelled["request_id"].map(lambda r: int(hashlib.sha256(r.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF)
-    df = pd.DataFrame({"text": labelled["text"], "label": labelled["true_label"]})
-    held = bucket < holdout_fraction
-    return df[~held].reset_index(drop=True), df[held].reset_index(drop=True)
+    held = (bucket < holdout_fraction).to_numpy()
+    return labelled[~held].reset_index(drop=True), labelled[held].reset_index(drop=True)
 
 
 def _reference_rows(recent_unlabelled: pd.DataFrame | None, held_back: pd.DataFrame) -> pd.DataFrame | None:
     """Rows to re-baseline the challenger's drift reference on: recent unlabelled traffic (text
-    only) plus the held-back feedback (text + true label, never trained on), so the reference stays
-    representative of live traffic and keeps true labels for the ``accuracy_drop`` signal."""
+    only) plus the held-back feedback rows (the task's example columns, never trained on), so the
+    reference stays representative of live traffic and keeps true labels (or reference replies) for
+    the feedback signals."""
     if recent_unlabelled is None or recent_unlabelled.empty:
         return None
-    return pd.concat([recent_unlabelled[["text"]], held_back[["text", "label"]]], ignore_index=True)
+    return pd.concat([recent_unlabelled[["text"]], held_back], ignore_index=True)
 
 
 def retrain_and_gate(home: Home, champion_tag: str, labelled: pd.DataFrame, cfg: RetrainConfig,
@@ -86,7 +89,8 @@ def retrain_and_gate(home: Home, champion_tag: str, labelled: pd.DataFrame, cfg:
     Args:
         home: the tuneloop home.
         champion_tag: the serving model's tag (its saved training config is reused).
-        labelled: all labelled feedback (``TrafficLog.labelled()``).
+        labelled: all feedback (``TrafficLog.labelled()``); the task's :func:`feedback_rows` make
+            training rows (``feedback_weight`` times each) and holdout rows of it.
         cfg: the retraining policy.
         recent_unlabelled: recent traffic rows without feedback (column ``text``): the challenger's
             drift reference is re-baselined on them (the traffic that made the old model degrade is
@@ -100,9 +104,10 @@ def retrain_and_gate(home: Home, champion_tag: str, labelled: pd.DataFrame, cfg:
     # progress lines (one per 10 s off a terminal, tuneloop.training.progress) go to the monitor's log
     train_cfg = base.model_copy(update={**cfg.overrides, "progress": True})
     splits = task.load_splits(train_cfg)
+    rows = feedback_rows(task.name)
     fb_train, fb_held = split_feedback(labelled, cfg.holdout_feedback_fraction)
-    fb_train = fb_train[fb_train["label"].isin(splits.labels)]
-    holdout = pd.concat([splits.test[["text", "label"]], fb_held], ignore_index=True)
+    fb_train, fb_held = rows.learnable(rows.train_rows(fb_train), splits), rows.holdout_rows(fb_held)
+    holdout = pd.concat([splits.test[list(rows.columns)], fb_held], ignore_index=True)
     fb_train = fb_train[~fb_train["text"].str.lower().isin(set(holdout["text"].str.lower()))]
     extra = pd.concat([fb_train] * cfg.feedback_weight, ignore_index=True) if len(fb_train) else None
     log.info("retraining %s on %d rows + %d feedback rows (x%d)", champion_tag, len(splits.train), len(fb_train),

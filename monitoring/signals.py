@@ -9,8 +9,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 TEXT, DESCRIPTORS, EMBEDDING = "text_drift", "descriptor_drift", "embedding_drift"
 LABEL, CONFIDENCE, ACCURACY = "label_drift", "confidence_drift", "accuracy_drop"
-ALL_SIGNALS = (TEXT, DESCRIPTORS, EMBEDDING, LABEL, CONFIDENCE, ACCURACY)
+ALL_SIGNALS = (TEXT, DESCRIPTORS, EMBEDDING, LABEL, CONFIDENCE, ACCURACY)  # classification's six
 DESCRIPTOR_NAMES = ("text_length", "oov_share", "non_letter_share")
+# Generation (tuneloop.monitoring.generation): prompt drift (text, embeddings), reply descriptor drift, the
+# model's own token log-probabilities (confidence), and quality from feedback (ROUGE-L, bad ratings).
+REPLY, ROUGE, RATING = "reply_drift", "rouge_drop", "bad_rating_rise"
+GENERATION_SIGNALS = (TEXT, EMBEDDING, REPLY, CONFIDENCE, ROUGE, RATING)
+REPLY_DESCRIPTOR_NAMES = ("reply_length", "stop_rate", "placeholder_rate")
+FEEDBACK_SIGNALS = (ACCURACY, ROUGE, RATING)  # fire on enough feedback and a drop that matters, like accuracy_drop
+KNOWN_SIGNALS = tuple(dict.fromkeys(ALL_SIGNALS + GENERATION_SIGNALS))  # every task's signal names
 MIN_ROWS = 10  # below this the domain classifier's held-out half may hold no window row at all
 FAMILY_ALPHA = 0.05  # family-wise false-alarm level per window, all signals together (README, "Drift policy")
 DEFAULT_ALPHA = FAMILY_ALPHA / len(ALL_SIGNALS)  # Bonferroni over the six signals of DriftPolicy's default
@@ -29,6 +36,13 @@ MIN_PERMUTATIONS = 100
 # DriftPolicy.min_labels_for_accuracy has the same default and drift_config() passes it on.
 MIN_LABELS = 30
 MAX_ACCURACY_DROP = 0.10  # absolute drop that matters in practice: a chosen default (README signal table)
+# generation's feedback signals, chosen defaults on the same scale as MAX_ACCURACY_DROP: a ROUGE-L F-measure
+# 0.10 lower than the reference's, and a bad-rating share 10 points above its baseline
+MAX_ROUGE_DROP = 0.10
+MAX_BAD_RATING_RISE = 0.10
+# Bad-rating share assumed for a reference without ratings (generation references hold none unless re-baselined
+# on rated feedback): a chosen default, 1 reply in 10 judged bad.
+BASELINE_BAD_RATING_SHARE = 0.10
 TOP_INTENTS = 5  # intents reported with their recall: README, "Drift policy" ("the recall of the 5 intents ...")
 SEED = 0  # seed of the reference/window subsamples; any fixed value makes windows reproducible
 
@@ -61,6 +75,13 @@ class DriftConfig(BaseModel):
     label_permutations: int = Field(PERMUTATIONS, ge=MIN_PERMUTATIONS, description="Null draws of the label test (p resolution 1/(n+1)).")
     min_labels: int = Field(MIN_LABELS, ge=1, description="Labelled rows needed before accuracy_drop may fire.")
     max_accuracy_drop: float = Field(MAX_ACCURACY_DROP, ge=0, le=1, description="Absolute accuracy drop that matters.")
+    max_rouge_drop: float = Field(MAX_ROUGE_DROP, ge=0, le=1, description="generation: drop of the mean ROUGE-L "
+                                  "(replies vs reviewers' corrected replies) below the reference's that matters.")
+    max_bad_rating_rise: float = Field(MAX_BAD_RATING_RISE, ge=0, le=1, description="generation: rise of the share "
+                                       "of bad ratings above the baseline that matters.")
+    baseline_bad_rating_share: float = Field(BASELINE_BAD_RATING_SHARE, ge=0, lt=1, description="generation: the "
+                                             "bad-rating share of a reference without ratings (binomial test "
+                                             "against it); a reference with ratings gives its own.")
     top_intents: int = Field(TOP_INTENTS, ge=0, description="Intents reported with their recall (largest share moves).")
     estimator: Literal["atc", "cbpe"] = Field("atc", description="Which label-free accuracy estimate is "
                                               "``estimated_accuracy`` (both are computed; see monitoring/performance.py).")
@@ -72,8 +93,9 @@ class SignalResult(BaseModel):
 
     name: str
     method: str
-    value: float | None = Field(description="Score: ROC AUC (text), min corrected p-value (descriptors), distance "
-                                "or AUC or MMD^2 (embedding), p-value (label, confidence), drop (accuracy).")
+    value: float | None = Field(description="Score: ROC AUC (text), min corrected p-value (descriptors, reply "
+                                "descriptors), distance or AUC or MMD^2 (embedding), p-value (label, confidence), "
+                                "drop (accuracy, ROUGE-L), rise (bad-rating share).")
     threshold: float = Field(description="Cutoff on ``value`` at the config's alpha.")
     fired: bool
     p_value: float | None = None
@@ -99,6 +121,10 @@ class WindowReport(BaseModel):
     reference_estimated_accuracy: float | None = Field(None, description="The same estimate on the reference.")
     estimates: dict[str, float] = Field(default_factory=dict, description="Every estimator's value: atc, cbpe.")
     intents: list[dict] = Field(default_factory=list, description="Intents whose labelled share moved most, recall.")
+    figures: dict[str, dict[str, float | None]] = Field(default_factory=dict, description="Task figures that are "
+                                                        "not tests, by name then sample (reference|current); "
+                                                        "generation: rouge_l, bad_rating_share, stop_rate, "
+                                                        "mean_logprob, reply_length.")
     computed_at: float = Field(description="Unix seconds when the signals were computed.")
     seconds: float = Field(description="Wall time of compute_signals.")
     snapshot: Any = Field(None, exclude=True, repr=False)

@@ -8,7 +8,9 @@ the matching :class:`MonitoringTask` with :func:`monitoring_task`:
   reference embeddings, calibration, tokenizer vocabulary);
 * :meth:`MonitoringTask.window_report`: the drift signals of a traffic window against the
   champion's reference sample, as a :class:`tuneloop.monitoring.signals.WindowReport` whose signal
-  names are the task's :attr:`MonitoringTask.signals` (what the policy and the metrics read).
+  names are the task's :attr:`MonitoringTask.signals` (what the policy and the metrics read);
+* :attr:`MonitoringTask.sufficient_signals`: which of them alarm a window alone; :func:`task_policy`
+  fits the configured policy to the task's signals (Bonferroni over their number).
 
 Retraining and the gate go through the training side (:class:`tuneloop.training.task.Task`).
 """
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from tuneloop.monitoring.drift import DriftConfig
 from tuneloop.monitoring.performance import Calibration
+from tuneloop.monitoring.policy import DriftPolicy
 from tuneloop.monitoring.signals import WindowReport
 
 if TYPE_CHECKING:
@@ -52,6 +55,7 @@ class MonitoringTask(Protocol):
 
     name: str
     signals: tuple[str, ...]
+    sufficient_signals: tuple[str, ...]  # those of ``signals`` that alarm a window on their own (feedback)
 
     def champion_view(self, model_dir: Path, reference: pd.DataFrame, embeddings: bool,
                       embed_threads: int | None) -> ChampionView:
@@ -74,8 +78,20 @@ def monitoring_task(name: str) -> MonitoringTask:
         ValueError: the monitor has no signals for that task (the message lists the known ones).
     """
     from tuneloop.monitoring.classification import ClassificationMonitoring
+    from tuneloop.monitoring.generation import GenerationMonitoring
 
-    tasks = {ClassificationMonitoring.name: ClassificationMonitoring()}
+    tasks = {ClassificationMonitoring.name: ClassificationMonitoring(), GenerationMonitoring.name: GenerationMonitoring()}
     if name not in tasks:
         raise ValueError(f"the monitor cannot watch task {name!r}: it watches {sorted(tasks)}")
     return tasks[name]
+
+
+def task_policy(policy: DriftPolicy, name: str) -> DriftPolicy:
+    """``policy`` applied to the signals of task ``name`` (:meth:`DriftPolicy.for_signals`): what the
+    decision and the exported policy level of a window of that task's champion use.
+
+    Raises:
+        ValueError: unknown task (see :func:`monitoring_task`).
+    """
+    task = monitoring_task(name)
+    return policy.for_signals(task.signals, task.sufficient_signals)

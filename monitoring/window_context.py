@@ -9,7 +9,7 @@ every row of both frames. :func:`window_context` builds it; the signal functions
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -61,7 +61,8 @@ class WindowContext:
         return self.reference_embeddings is not None and self.current_embeddings is not None
 
 
-def sample_rows(frame: pd.DataFrame, what: str, cap: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+def sample_rows(frame: pd.DataFrame, what: str, cap: int, seed: int,
+                extra_columns: Sequence[str] = ()) -> tuple[pd.DataFrame, np.ndarray]:
     """Check a frame's columns and size and take a seeded subsample of at most ``cap`` rows.
 
     Args:
@@ -69,10 +70,11 @@ def sample_rows(frame: pd.DataFrame, what: str, cap: int, seed: int) -> tuple[pd
         what: the frame's name in error messages.
         cap: the most rows kept.
         seed: seed of the subsample.
+        extra_columns: more columns of ``frame`` kept as they are (after the three; absent ones are skipped).
 
     Returns:
-        (frame with columns ``text`` (str), ``label`` (str), ``confidence`` (float) and a fresh index,
-        positions of its rows in ``frame``, increasing).
+        (frame with columns ``text`` (str), ``label`` (str), ``confidence`` (float), then ``extra_columns``,
+        and a fresh index, positions of its rows in ``frame``, increasing).
 
     Raises:
         ValueError: a column is missing or the frame has fewer than ``MIN_ROWS`` rows.
@@ -88,9 +90,10 @@ def sample_rows(frame: pd.DataFrame, what: str, cap: int, seed: int) -> tuple[pd
     if len(frame) > cap:
         pos = np.sort(np.random.default_rng(seed).choice(len(frame), cap, replace=False))
     kept = frame.iloc[pos]
+    extra = {c: kept[c].to_numpy() for c in extra_columns if c in kept.columns}
     return pd.DataFrame({"text": kept["text"].fillna("").astype(str).to_numpy(),
                          "label": kept["label"].astype(str).to_numpy(),
-                         "confidence": kept["confidence"].astype(float).to_numpy()}), pos
+                         "confidence": kept["confidence"].astype(float).to_numpy(), **extra}), pos
 
 
 def labelled_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -118,8 +121,10 @@ def _sampled_current_embeddings(current_embeddings: CurrentEmbeddings, cur: pd.D
 def window_context(reference: pd.DataFrame, current: pd.DataFrame, config: DriftConfig, *,
                    reference_embeddings: np.ndarray | None = None,
                    current_embeddings: CurrentEmbeddings | None = None,
-                   calibration: Calibration | None = None, vocab: set[str] | None = None) -> WindowContext:
-    """Check, sample and annotate one window and its reference (arguments as for ``compute_signals``).
+                   calibration: Calibration | None = None, vocab: set[str] | None = None,
+                   extra_columns: Sequence[str] = ()) -> WindowContext:
+    """Check, sample and annotate one window and its reference (arguments as for ``compute_signals``;
+    ``extra_columns``: more columns the sampled ``ref`` and ``cur`` keep, see :func:`sample_rows`).
 
     Returns:
         The WindowContext; embeddings are kept only when both are given.
@@ -128,8 +133,8 @@ def window_context(reference: pd.DataFrame, current: pd.DataFrame, config: Drift
         ValueError: a frame lacks a column, has fewer than ``MIN_ROWS`` rows, or embeddings do not
             match their frame's length.
     """
-    ref, ref_pos = sample_rows(reference, "reference", config.max_reference_rows, config.seed)
-    cur, cur_pos = sample_rows(current, "current window", config.max_current_rows, config.seed)
+    ref, ref_pos = sample_rows(reference, "reference", config.max_reference_rows, config.seed, extra_columns)
+    cur, cur_pos = sample_rows(current, "current window", config.max_current_rows, config.seed, extra_columns)
     ref_emb = cur_emb = None
     if reference_embeddings is not None and current_embeddings is not None:
         cur_emb = _sampled_current_embeddings(current_embeddings, cur, len(current), cur_pos)
