@@ -15,6 +15,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -37,17 +38,20 @@ class LiveModel:
 
     Attributes:
         tag: the store tag.
-        classifier: the model; never mutated once live, so in-flight batches keep their reference.
+        classifier: the predictor (a ``Classifier``, or a ``Generator`` for generation); never
+            mutated once live, so in-flight batches keep their reference.
         overhead_tokens: its measured per-forward-pass overhead in tokens (length grouping).
         precision: what it computes in: ``"fp32"``, ``"bf16"`` or ``"int8"`` (see :func:`resolve_quantize`).
         task: the task it serves (:mod:`tuneloop.serving.tasks`).
+        loaded_at: when it was loaded (Unix s).
     """
 
     tag: str
-    classifier: Classifier
+    classifier: Classifier | Any
     overhead_tokens: float = inference.DEFAULT_OVERHEAD_TOKENS
     precision: str = "fp32"
     task: str = "classification"
+    loaded_at: float = 0.0
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         """Class probabilities, shape ``(len(texts), n_labels)``, computed in length groups."""
@@ -127,7 +131,8 @@ def load_checked(home: Home, tag: str, quantize: str = "none") -> LiveModel:
     except Exception as exc:
         raise ModelSwapError("smoke", f"model {tag} failed the warm-up passes: {type(exc).__name__}: {exc}") from exc
     served_as = precision or ("bf16" if classifier.device == "cuda" else "fp32")
-    return LiveModel(tag=tag, classifier=classifier, overhead_tokens=overhead, precision=served_as, task=task.name)
+    return LiveModel(tag=tag, classifier=classifier, overhead_tokens=overhead, precision=served_as, task=task.name,
+                     loaded_at=time.time())
 
 
 def _lower_priority() -> None:

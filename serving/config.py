@@ -45,6 +45,11 @@ ENV_VARS: dict[str, str] = {
     "metrics": "TUNELOOP_METRICS",
     "access_log": "TUNELOOP_ACCESS_LOG",
     "trace_requests": "TUNELOOP_TRACE_REQUESTS",
+    "gen_max_batch_size": "TUNELOOP_GEN_MAX_BATCH_SIZE",
+    "gen_batch_window_ms": "TUNELOOP_GEN_BATCH_WINDOW_MS",
+    "gen_max_queue": "TUNELOOP_GEN_MAX_QUEUE",
+    "gen_max_new_tokens": "TUNELOOP_GEN_MAX_NEW_TOKENS",
+    "gen_max_chars": "TUNELOOP_GEN_MAX_CHARS",
 }
 
 
@@ -96,6 +101,17 @@ class ServeConfig(BaseModel):
         trace_requests: BentoML's OpenTelemetry spans for the API routes. Off by default: no
             exporter is configured, and the spans cost ~0.5 ms of CPU per request (measured).
             Turn on together with a BentoML ``tracing`` exporter configuration.
+        gen_max_batch_size: generation: most requests (rows) merged into one left-padded
+            ``generate`` call. 8: a batch decodes one token for every row per step, so rows beyond
+            a few dozen slow every stream in it; 8 keeps a CPU step short.
+        gen_batch_window_ms: generation: how long an idle engine waits after the first request
+            for more before it starts a batch, in ms (a batch cannot take rows once it runs).
+        gen_max_queue: generation: most requests waiting for a batch; more get HTTP 503.
+        gen_max_new_tokens: generation: the largest ``max_new_tokens`` (``max_tokens``) a request
+            may ask for (HTTP 400 above).
+        gen_max_chars: generation: the longest prompt (all chat messages together) or corrected
+            reply accepted, in characters (HTTP 400 above); the model's own token limit is
+            checked too.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -119,6 +135,11 @@ class ServeConfig(BaseModel):
     metrics: bool = True
     access_log: bool = True
     trace_requests: bool = False
+    gen_max_batch_size: int = Field(default=8, ge=1, le=256)
+    gen_batch_window_ms: float = Field(default=10.0, ge=0, le=1000)
+    gen_max_queue: int = Field(default=64, ge=1)
+    gen_max_new_tokens: int = Field(default=512, ge=1, le=8192)
+    gen_max_chars: int = Field(default=8000, ge=1)
 
     @model_validator(mode="after")
     def _check_bounds(self) -> ServeConfig:

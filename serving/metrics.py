@@ -26,16 +26,18 @@ CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 # The endpoints whose traffic is counted; anything else (/metrics, /readyz, docs) is not.
-TRACKED_ENDPOINTS = frozenset({"/classify", "/feedback", "/admin/reload"})
+TRACKED_ENDPOINTS = frozenset({"/classify", "/feedback", "/admin/reload", "/generate", "/v1/chat/completions",
+                               "/v1/models"})
 # HTTP status -> `reason` label of tuneloop_request_errors_total (bounded label values).
 ERROR_REASONS = {
     400: "invalid_input",  # pydantic validation of the body (empty list, too long, not a string...)
     401: "unauthorized",  # admin: missing or wrong bearer token
     403: "admin_disabled",  # admin: no TUNELOOP_ADMIN_TOKEN configured
     404: "unknown_request",  # feedback: request id never logged
+    409: "wrong_task",  # the live model serves another task (/classify on a generation model, or the reverse)
     413: "body_too_large",  # request body above TUNELOOP_MAX_BODY_BYTES
     415: "unsupported_media_type",
-    422: "unknown_label",  # feedback: label not in the live model's label list
+    422: "unknown_label",  # feedback: label not in the live model's label list (other 422s set their own reason)
     429: "too_many_requests",
     500: "internal_error",
     503: "unavailable",  # no model loaded yet, queue full, waited past max_latency_ms, log write failed
@@ -94,14 +96,61 @@ MODEL_SWAP_FAILURES = Counter(
 )
 for _reason in SWAP_FAILURE_REASONS:  # exported at 0 from the start, so rate() and alerts see every reason
     MODEL_SWAP_FAILURES.labels(reason=_reason)
+GEN_TIME_TO_FIRST_TOKEN = Histogram(
+    "tuneloop_generation_time_to_first_token_seconds",
+    "Time from a generation request's arrival in the queue to its first generated token", buckets=LATENCY_BUCKETS_S,
+)
+GEN_INTER_TOKEN = Histogram(
+    "tuneloop_generation_inter_token_latency_seconds", "Time between consecutive generated tokens of one reply",
+    buckets=LATENCY_BUCKETS_S,
+)
+GEN_TOKENS = Counter("tuneloop_generation_tokens", "Tokens generated (end-of-sequence tokens included)")
+GEN_PROMPT_TOKENS = Counter("tuneloop_generation_prompt_tokens", "Prompt tokens of generations (after the chat template)")
+FINISH_REASONS = ("stop", "length")
+GENERATIONS = Counter(
+    "tuneloop_generations", "Generations finished, by finish reason (stop: end of sequence or a stop string; "
+    "length: the token budget ran out)", ["reason"],
+)
+for _reason in FINISH_REASONS:
+    GENERATIONS.labels(reason=_reason)
+GEN_BATCH_SIZE = Histogram(
+    "tuneloop_generation_batch_size", "Requests per generate call (after batching merged them)",
+    buckets=BATCH_SIZE_BUCKETS,
+)
 MODEL_LOAD_SECONDS = Gauge(
     "tuneloop_model_load_seconds", "Wall time of the last successful model load + smoke prediction",
     multiprocess_mode="mostrecent",
 )
 
 
-def error_reason(status: int) -> str:
-    """The bounded ``reason`` label for an HTTP error status (``http_<code>`` when unmapped)."""
+# An API may name the `reason` of its error answer in the ASGI scope under this key (a value from
+# SCOPE_REASONS), when its status alone would mislabel it (e.g. a 422 that is not an unknown label).
+SCOPE_ERROR_REASON = "tuneloop.error_reason"
+SCOPE_REASONS = frozenset({"missing_feedback", "wrong_task"})
+
+
+def observe_generation_batch(report) -> None:
+    """Generation metrics of one ``generate`` call (a :class:`tuneloop.serving.gen_batcher.GenBatchReport`):
+    batch size, each row's time to first token, inter-token gaps, tokens and finish reason."""
+    GEN_BATCH_SIZE.observe(report.rows)
+    for completion, ttft in zip(report.completions, report.ttft_s):
+        if ttft is not None:
+            GEN_TIME_TO_FIRST_TOKEN.observe(ttft)
+        times = completion.token_times
+        for before, after in zip(times, times[1:]):
+            GEN_INTER_TOKEN.observe(after - before)
+        GEN_TOKENS.inc(completion.completion_tokens)
+        GEN_PROMPT_TOKENS.inc(completion.prompt_tokens)
+        GENERATIONS.labels(reason=completion.finish_reason if completion.finish_reason in FINISH_REASONS else "other").inc()
+
+
+def error_reason(status: int, scope: dict | None = None) -> str:
+    """The bounded ``reason`` label for an HTTP error status: the one the API set in
+    ``scope[SCOPE_ERROR_REASON]`` if any (bounded to ``SCOPE_REASONS``), else by status
+    (``http_<code>`` when unmapped)."""
+    named = scope.get(SCOPE_ERROR_REASON) if scope is not None else None
+    if named in SCOPE_REASONS:
+        return named
     return ERROR_REASONS.get(status, f"http_{status}")
 
 
@@ -109,7 +158,8 @@ class RequestMetricsMiddleware:
     """ASGI middleware: counts requests and errors and times them, for ``TRACKED_ENDPOINTS`` only.
 
     Latency is measured from the moment the request reaches this middleware to the moment the
-    response status is sent. A request cut off by BentoML's timeout (HTTP 504, answered by an
+    response status is sent (for a stream: its first event; the stream's tokens have their own
+    ``tuneloop_generation_*`` metrics). A request cut off by BentoML's timeout (HTTP 504, answered by an
     outer middleware) is counted as an error with reason ``timeout`` when it is cancelled.
     """
 
@@ -148,4 +198,4 @@ class RequestMetricsMiddleware:
             in_flight.dec()
             requests.inc()
             if status >= 400:
-                REQUEST_ERRORS.labels(endpoint=path, reason=error_reason(status)).inc()
+                REQUEST_ERRORS.labels(endpoint=path, reason=error_reason(status, scope)).inc()

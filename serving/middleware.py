@@ -154,10 +154,10 @@ def _replay(body: bytes, receive):
 
 
 class ModelReadyGuard:
-    """Answers 503 with the reason on /classify and /feedback while no model is loaded
+    """Answers 503 with the reason on the model endpoints while no model is loaded
     (BentoML turns a 503 raised inside an API into a generic message)."""
 
-    GUARDED = frozenset({"/classify", "/feedback"})
+    GUARDED = frozenset({"/classify", "/feedback", "/generate", "/v1/chat/completions"})
 
     def __init__(self, app) -> None:
         self.app = app
@@ -180,3 +180,81 @@ def _current_service():
     import bentoml
 
     return bentoml.get_current_service()
+
+
+class OpenAIModelsMiddleware:
+    """``GET /v1/models`` (OpenAI's model list, which BentoML's POST-only APIs cannot serve): the
+    live generation model as ``{"object": "list", "data": [{"id": <tag>, "object": "model",
+    "created": <load time, Unix s>, "owned_by": "tuneloop"}]}``; an empty list while no
+    generation model is live. Other requests pass through."""
+
+    PATH = "/v1/models"
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope.get("path") == self.PATH and scope.get("method") in ("GET", "HEAD"):
+            live = getattr(_current_service(), "live_model", None)
+            data = [] if live is None or live.task != "generation" else [
+                {"id": live.tag, "object": "model", "created": int(live.loaded_at), "owned_by": "tuneloop"}]
+            await send_json(send, 200, {"object": "list", "data": data})
+            return
+        await self.app(scope, receive, send)
+
+
+class OpenAIErrorMiddleware:
+    """Error answers under ``/v1/`` in OpenAI's shape, which OpenAI clients read the message from:
+    ``{"error": {"message", "type", "param", "code"}}`` (``type``: ``invalid_request_error`` for a
+    4xx, ``server_error`` for a 5xx; a validation error's ``detail`` is folded into the message,
+    its first field is ``param``). The status and other headers are kept; success passes through."""
+
+    PREFIX = "/v1/"
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or not scope.get("path", "").startswith(self.PREFIX):
+            await self.app(scope, receive, send)
+            return
+        held: dict | None = None  # the start of an error answer, until its body is complete
+        chunks: list[bytes] = []
+
+        async def rewrite_errors(message) -> None:
+            nonlocal held
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                held = message
+                return
+            if held is None or message["type"] != "http.response.body":
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            payload = json.dumps(openai_error(held["status"], b"".join(chunks))).encode()
+            headers = [(k, v) for k, v in held.get("headers", []) if k.lower() not in (b"content-length", b"content-type")]
+            await send({**held, "headers": [*headers, (b"content-type", b"application/json"),
+                                            (b"content-length", str(len(payload)).encode())]})
+            await send({"type": "http.response.body", "body": payload})
+
+        await self.app(scope, receive, rewrite_errors)
+
+
+def openai_error(status: int, body: bytes) -> dict:
+    """OpenAI's error object for one of this service's error bodies (``{"error": str, "detail"?: [...]}``)."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = {"error": body.decode("utf-8", "replace")}
+    error = answer.get("error") if isinstance(answer, dict) else answer
+    if isinstance(error, dict):
+        return answer  # already OpenAI's shape
+    message, param = str(error), None
+    details = answer.get("detail") if isinstance(answer, dict) else None
+    if isinstance(details, list) and details:
+        fields = [(".".join(str(part) for part in d.get("loc", ())), d.get("msg", "")) for d in details if isinstance(d, dict)]
+        message = "; ".join(f"{loc}: {msg}" if loc else msg for loc, msg in fields) or message
+        param = fields[0][0] if fields and fields[0][0] else None
+    return {"error": {"message": message, "type": "invalid_request_error" if status < 500 else "server_error",
+                      "param": param, "code": None}}

@@ -31,20 +31,58 @@ _ERROR_TEXT = {
     401: "Missing or wrong admin bearer token",
     403: "Admin endpoints are disabled (no TUNELOOP_ADMIN_TOKEN configured)",
     404: "Unknown request_id",
+    409: "The live model serves another task (e.g. /classify while a generation model is live); the message "
+         "names the endpoints that serve it",
     413: "Request body larger than TUNELOOP_MAX_BODY_BYTES",
     415: "Unsupported media type",
-    422: "Label unknown to the live model",
+    422: "Feedback the live model cannot take: a label it does not know, a label for a generation model, a "
+         "reply/rating for a classifier, or neither reply nor rating for a generation model",
     503: "No model loaded yet, overloaded (see Retry-After), or the traffic log write failed",
 }
 # The statuses each API route can answer besides 200.
 ROUTE_ERRORS = {
-    "/classify": (400, 413, 415, 503),
+    "/classify": (400, 409, 413, 415, 503),
     "/feedback": (400, 404, 413, 415, 422, 503),
     "/admin/reload": (400, 401, 403, 413, 415),
+    "/generate": (400, 409, 413, 415, 503),
+    "/v1/chat/completions": (400, 409, 413, 415, 503),
 }
 FEEDBACK_OK = {
-    "type": "object", "required": ["request_id", "label", "recorded"],
-    "properties": {"request_id": {"type": "string"}, "label": {"type": "string"}, "recorded": {"type": "boolean"}},
+    "type": "object", "required": ["request_id", "recorded"],
+    "properties": {"request_id": {"type": "string"}, "label": {"type": "string"},
+                   "reply": {"type": "string", "nullable": True},
+                   "rating": {"type": "string", "enum": ["good", "bad"], "nullable": True},
+                   "recorded": {"type": "boolean"}},
+}
+# /feedback carries a label (classification) or a reply and/or a rating (generation)
+FEEDBACK_ANY_OF = [{"required": ["label"]}, {"required": ["reply"]}, {"required": ["rating"]}]
+_INT, _STR = {"type": "integer"}, {"type": "string"}
+GENERATE_OK = {
+    "type": "object",
+    "required": ["text", "finish_reason", "prompt_tokens", "completion_tokens", "model_tag", "request_id"],
+    "properties": {"text": _STR, "finish_reason": {"type": "string", "enum": ["stop", "length"]},
+                   "prompt_tokens": _INT, "completion_tokens": _INT, "model_tag": _STR, "request_id": _STR},
+}
+CHAT_OK = {
+    "type": "object", "required": ["id", "object", "created", "model", "choices", "usage"],
+    "properties": {"id": _STR, "object": {"type": "string", "enum": ["chat.completion"]}, "created": _INT,
+                   "model": _STR, "choices": {"type": "array", "items": {"type": "object"}},
+                   "usage": {"type": "object", "properties": {"prompt_tokens": _INT, "completion_tokens": _INT,
+                                                              "total_tokens": _INT}}},
+}
+SSE = {"text/event-stream": {"schema": {"type": "string", "description": "with `stream: true`: `data: <json>` "
+                                                                         "events, the last one `data: [DONE]`"}}}
+OPENAI_ERROR_SCHEMA = {  # /v1/ errors (tuneloop.serving.middleware.OpenAIErrorMiddleware)
+    "type": "object", "required": ["error"],
+    "properties": {"error": {"type": "object", "required": ["message", "type"], "properties": {
+        "message": _STR, "type": _STR, "param": {"type": "string", "nullable": True},
+        "code": {"type": "string", "nullable": True}}}},
+}
+MODELS_OK = {
+    "type": "object", "required": ["object", "data"],
+    "properties": {"object": {"type": "string", "enum": ["list"]},
+                   "data": {"type": "array", "items": {"type": "object", "properties": {
+                       "id": _STR, "object": _STR, "created": _INT, "owned_by": _STR}}}},
 }
 RELOAD_OK = {
     "type": "object", "required": ["reloaded", "model_tag", "champion_tag", "error"],
@@ -80,6 +118,8 @@ def corrected_spec(bentoml_spec: dict[str, Any]) -> dict[str, Any]:
     spec.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
     error_ref = {"$ref": "#/components/schemas/Error"}
     for route, statuses in ROUTE_ERRORS.items():
+        if route not in spec["paths"]:
+            continue
         operation = spec["paths"][route]["post"]
         responses = {"200": operation["responses"]["200"]}
         for status in statuses:
@@ -91,6 +131,19 @@ def corrected_spec(bentoml_spec: dict[str, Any]) -> dict[str, Any]:
         if spec["components"]["schemas"].get(f"{operation['x-bentoml-name']}__Input", {}).get("required"):
             operation["requestBody"]["required"] = True  # an empty body is `{}`, which lacks the fields
     spec["paths"]["/feedback"]["post"]["responses"]["200"]["content"] = _json(FEEDBACK_OK)
+    feedback_input = spec["components"]["schemas"].get("feedback__Input")
+    if feedback_input is not None:
+        feedback_input["anyOf"] = FEEDBACK_ANY_OF
+    for route, schema in (("/generate", GENERATE_OK), ("/v1/chat/completions", CHAT_OK)):
+        if route in spec["paths"]:
+            spec["paths"][route]["post"]["responses"]["200"]["content"] = {**_json(schema), **SSE}
+    spec["components"]["schemas"]["OpenAIError"] = OPENAI_ERROR_SCHEMA
+    for status, answer in spec["paths"].get("/v1/chat/completions", {}).get("post", {}).get("responses", {}).items():
+        if status != "200":
+            answer["content"] = _json({"$ref": "#/components/schemas/OpenAIError"})
+    spec["paths"]["/v1/models"] = {"get": {
+        "summary": "The live generation model (OpenAI's model list; empty while a classifier is live)",
+        "responses": {"200": {"description": "Successful Response", "content": _json(MODELS_OK)}}}}
     spec["paths"]["/admin/reload"]["post"]["responses"]["200"]["content"] = _json(RELOAD_OK)
     spec["paths"]["/admin/reload"]["post"]["security"] = [{"adminBearer": []}]
     spec["components"]["securitySchemes"] = {"adminBearer": {"type": "http", "scheme": "bearer"}}

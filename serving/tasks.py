@@ -36,6 +36,20 @@ class ModelSwapError(RuntimeError):
         self.reason = reason
 
 
+class WrongTaskError(RuntimeError):
+    """The live model serves another task than the endpoint (e.g. ``/classify`` on a generation
+    model): answer HTTP 409 with this message, which names the endpoints that do serve it."""
+
+
+ENDPOINTS = {"classification": "/classify", "generation": "/generate or /v1/chat/completions"}
+
+
+def wrong_task_message(endpoint: str, tag: str, task: str) -> str:
+    """The 409 message for ``endpoint`` called while model ``tag`` of ``task`` is live."""
+    where = ENDPOINTS.get(task, "another endpoint")
+    return f"{endpoint} is not served by the live model {tag}: it is a {task} model; use {where}"
+
+
 class ServingTask(Protocol):
     """What one kind of model supplies to the service (see the module docstring)."""
 
@@ -66,8 +80,9 @@ def serving_task(name: str) -> ServingTask:
         ValueError: no serving support for that task (the message lists the known ones).
     """
     from tuneloop.serving.classification import ClassificationServing
+    from tuneloop.serving.generation import GenerationServing
 
-    tasks = {ClassificationServing.name: ClassificationServing()}
+    tasks = {ClassificationServing.name: ClassificationServing(), GenerationServing.name: GenerationServing()}
     if name not in tasks:
         raise ValueError(f"the service cannot serve task {name!r}: it serves {sorted(tasks)}")
     return tasks[name]
