@@ -82,6 +82,29 @@ def _reference_rows(recent_unlabelled: pd.DataFrame | None, held_back: pd.DataFr
     return pd.concat([recent_unlabelled[["text"]], held_back], ignore_index=True)
 
 
+def feedback_examples(task: str, labelled: pd.DataFrame, splits, holdout_fraction: float
+                      ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The rows a retrain of a ``task`` model trains on and is gated on.
+
+    Args:
+        task: the task's name (:func:`tuneloop.monitoring.feedback_rows.feedback_rows`).
+        labelled: all feedback (``TrafficLog.labelled()``).
+        splits: the champion's data splits (``test`` frame with the task's example columns; ``labels``).
+        holdout_fraction: share of feedback requests held back for the gate (:func:`split_feedback`).
+
+    Returns:
+        (train, held_back, holdout), each with the task's example columns: the feedback training rows
+        the model can learn, without texts of the holdout (case-insensitive); the held-back feedback's
+        holdout rows; and the holdout = the test split + those rows.
+    """
+    rows = feedback_rows(task)
+    fb_train, fb_held = split_feedback(labelled, holdout_fraction)
+    fb_train, fb_held = rows.learnable(rows.train_rows(fb_train), splits), rows.holdout_rows(fb_held)
+    holdout = pd.concat([splits.test[list(rows.columns)], fb_held], ignore_index=True)
+    fb_train = fb_train[~fb_train["text"].str.lower().isin(set(holdout["text"].str.lower()))]
+    return fb_train, fb_held, holdout
+
+
 def retrain_and_gate(home: Home, champion_tag: str, labelled: pd.DataFrame, cfg: RetrainConfig,
                      recent_unlabelled: pd.DataFrame | None = None) -> RetrainOutcome:
     """Train a challenger, save it (not promoted), gate it, and promote it when it wins.
@@ -104,11 +127,7 @@ def retrain_and_gate(home: Home, champion_tag: str, labelled: pd.DataFrame, cfg:
     # progress lines (one per 10 s off a terminal, tuneloop.training.progress) go to the monitor's log
     train_cfg = base.model_copy(update={**cfg.overrides, "progress": True})
     splits = task.load_splits(train_cfg)
-    rows = feedback_rows(task.name)
-    fb_train, fb_held = split_feedback(labelled, cfg.holdout_feedback_fraction)
-    fb_train, fb_held = rows.learnable(rows.train_rows(fb_train), splits), rows.holdout_rows(fb_held)
-    holdout = pd.concat([splits.test[list(rows.columns)], fb_held], ignore_index=True)
-    fb_train = fb_train[~fb_train["text"].str.lower().isin(set(holdout["text"].str.lower()))]
+    fb_train, fb_held, holdout = feedback_examples(task.name, labelled, splits, cfg.holdout_feedback_fraction)
     extra = pd.concat([fb_train] * cfg.feedback_weight, ignore_index=True) if len(fb_train) else None
     log.info("retraining %s on %d rows + %d feedback rows (x%d)", champion_tag, len(splits.train), len(fb_train),
              cfg.feedback_weight)
