@@ -55,7 +55,8 @@ FEEDBACK_OK = {
                    "recorded": {"type": "boolean"}},
 }
 # /feedback carries a label (classification) or a reply and/or a rating (generation)
-FEEDBACK_ANY_OF = [{"required": ["label"]}, {"required": ["reply"]}, {"required": ["rating"]}]
+# (a field sent as null counts as absent)
+FEEDBACK_ANY_OF = [{"required": [field], "properties": {field: {"type": "string"}}} for field in ("label", "reply", "rating")]
 _INT, _STR = {"type": "integer"}, {"type": "string"}
 GENERATE_OK = {
     "type": "object",
@@ -131,9 +132,10 @@ def corrected_spec(bentoml_spec: dict[str, Any]) -> dict[str, Any]:
         if spec["components"]["schemas"].get(f"{operation['x-bentoml-name']}__Input", {}).get("required"):
             operation["requestBody"]["required"] = True  # an empty body is `{}`, which lacks the fields
     spec["paths"]["/feedback"]["post"]["responses"]["200"]["content"] = _json(FEEDBACK_OK)
-    feedback_input = spec["components"]["schemas"].get("feedback__Input")
-    if feedback_input is not None:
-        feedback_input["anyOf"] = FEEDBACK_ANY_OF
+    feedback_body = spec["paths"]["/feedback"]["post"].get("requestBody", {}).get("content", {}).get("application/json", {})
+    for schema in (spec["components"]["schemas"].get("feedback__Input"), feedback_body.get("schema")):
+        if schema is not None and "$ref" not in schema:
+            schema["anyOf"] = FEEDBACK_ANY_OF
     for route, schema in (("/generate", GENERATE_OK), ("/v1/chat/completions", CHAT_OK)):
         if route in spec["paths"]:
             spec["paths"][route]["post"]["responses"]["200"]["content"] = {**_json(schema), **SSE}
