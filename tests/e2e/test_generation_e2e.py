@@ -52,3 +52,26 @@ def test_fine_tune_smollm2_beats_its_base_and_is_served(smollm2, home):
     assert fine["rougeL"] > base["rougeL"]
     assert fine["stop_rate"] >= 0.5
     assert read_champion(home).tag == result.tag
+    # the champion served by a real `bentoml serve`: plain, streamed, and through the openai client
+    import httpx
+    import openai
+
+    from tuneloop.serving.launch import running_server
+    from tuneloop.state.traffic_store import TrafficLog
+
+    prompt = "I want to cancel my order"
+    with running_server(home, env={"TUNELOOP_POLL_SECONDS": "3600"}, ready_timeout=300) as server:
+        plain = httpx.post(f"{server.url}/generate", json={"prompt": prompt, "max_new_tokens": 64}, timeout=120).json()
+        assert plain["model_tag"] == result.tag and plain["completion_tokens"] <= 64 and plain["text"].strip()
+        with httpx.stream("POST", f"{server.url}/generate", json={"prompt": prompt, "max_new_tokens": 64, "stream": True},
+                          timeout=120) as resp:
+            events = [line[len("data: "):] for line in resp.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        pieces = [json.loads(e)["text"] for e in events[:-2]]
+        assert "".join(pieces) == plain["text"]  # greedy: the stream is the plain reply, piece by piece
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", timeout=120)
+        chat = client.chat.completions.create(model="tuneloop", messages=[{"role": "user", "content": prompt}],
+                                              max_tokens=64)
+        assert chat.choices[0].message.content == plain["text"] and chat.model == result.tag
+    window = TrafficLog(home.traffic_db_path).read_window()
+    assert len(window) == 3 and set(window["reply"]) == {plain["text"]}
