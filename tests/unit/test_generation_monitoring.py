@@ -249,3 +249,53 @@ def test_a_generation_champion_embeds_prompts_with_the_shipped_encoder(llm_champ
     assert drifted.signal(EMBEDDING).fired and drifted.signal(TEXT).fired
     mon = Monitor(llm_champion_home, MonitorConfig(metrics_port=None, evidently_project=None, save_html=False))
     assert mon.warm_up() > 0
+
+
+def test_a_monitor_cycle_judges_generation_traffic_and_its_feedback(llm_champion_home):
+    """Generation traffic logged like the service logs it: a window like the reference is quiet; a
+    window whose replies are all rated bad alarms on bad_rating_rise alone (waiting for confirmation),
+    the gauges and the audit row carry the generation figures, and the label queue skips rated rows."""
+    import json
+    import time
+
+    from tuneloop.monitoring.label_queue import QUEUE_FILE
+    from tuneloop.monitoring.monitor import Monitor, MonitorConfig
+    from tuneloop.state.audit import AuditLog
+    from tuneloop.state.registry import REFERENCE_FILE, get_model, require_champion
+    from tuneloop.state.traffic_store import GenerationRecord, PredictionRecord, TrafficLog
+
+    tag = require_champion(llm_champion_home).tag
+    ref = pd.read_json(f"{get_model(llm_champion_home, tag).path}/{REFERENCE_FILE}", lines=True, dtype=False)
+    traffic = TrafficLog(llm_champion_home.traffic_db_path)
+
+    def log(n: int, prefix: str) -> list[str]:
+        records = []
+        for i in range(n):
+            row = ref.iloc[i % len(ref)]
+            gen = GenerationRecord(reply=row["reply"], finish_reason=row["finish_reason"], prompt_tokens=9,
+                                   completion_tokens=int(row["completion_tokens"]), mean_logprob=float(row["mean_logprob"]))
+            records.append(PredictionRecord(f"{prefix}{i}", time.time(), row["text"], row["finish_reason"],
+                                            float(np.exp(row["mean_logprob"])), [], tag, 5.0, None, gen))
+        traffic.log_predictions(records)
+        return [r.request_id for r in records]
+
+    cfg = MonitorConfig(metrics_port=None, evidently_project=None, save_html=False, embeddings=False,
+                        policy={"min_window": 30, "min_new_labels": 1000}, drift={"label_permutations": 500})
+    mon = Monitor(llm_champion_home, cfg)
+    log(60, "a")
+    quiet = mon.cycle()
+    assert quiet.action == "none" and not quiet.degraded, quiet.reason
+    assert "0 of 6 signals fired" in quiet.reason and "rouge_drop: no feedback" in quiet.reason
+    ids = log(60, "b")
+    for rid in ids[:40]:
+        traffic.add_generation_feedback(rid, rating=-1)
+    bad = mon.cycle()
+    assert bad.action == "wait" and "FIRED bad_rating_rise" in bad.reason, bad.reason
+    get = mon.metrics.registry.get_sample_value
+    assert get("tuneloop_monitor_generation_bad_rating_share", {"sample": "current"}) == 1.0
+    assert get("tuneloop_monitor_drift_fired", {"signal": RATING}) == 1.0
+    assert get("tuneloop_monitor_policy_alpha") == pytest.approx(0.05 / 6)
+    signals = AuditLog(llm_champion_home.traffic_db_path).decisions().iloc[-1]["signals"]
+    assert signals["figures"]["bad_rating_share"]["current"] == 1.0 and signals["n_labels"] == 40
+    queue = json.loads((llm_champion_home.root / QUEUE_FILE).read_text())["items"]
+    assert queue and not {item["request_id"] for item in queue} & set(ids[:40])
