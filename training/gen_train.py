@@ -157,17 +157,17 @@ def fine_tune_generator(cfg: TrainConfig, splits: DataSplits, extra_train: pd.Da
     model = model.to(dtype=torch.bfloat16 if device == "cuda" else torch.float32).eval()
     gen = Generator(tokenizer=prepare_tokenizer(tokenizer), model=model, device=device)
 
-    def evaluate(predictor):
+    def evaluate(predictor, label: str):
         # one sample for every training seed: runs with different seeds are scored on the same rows
         return evaluate_generator(predictor, splits.test, cfg.eval_rows, cfg.eval_max_new_tokens, EVAL_SEED,
-                                  perplexity_rows=cfg.perplexity_rows)
+                                  perplexity_rows=cfg.perplexity_rows, progress=label if cfg.progress else None)
 
-    test_metrics, sample = evaluate(gen)
+    test_metrics, sample = evaluate(gen, "evaluate fine-tuned")
     extra = {"tokens_per_second": train_tokens * max(epochs_run, 1e-9) / seconds, "train_tokens": train_tokens,
              "samples": sample.rename(columns={"generated": "fine_tuned_reply"})}
     if cfg.compare_base:
         base = Generator.load(base_dir, device=device)
-        extra["base_test_metrics"], base_sample = evaluate(base)
+        extra["base_test_metrics"], base_sample = evaluate(base, "evaluate base")
         extra["samples"]["base_reply"] = base_sample["generated"].tolist()
         del base
     return TrainResult(tag=None, classifier=gen, test_metrics=test_metrics,

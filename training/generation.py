@@ -10,6 +10,7 @@ row (``perplexity``, lower is better).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -94,7 +95,7 @@ class GenerationTask:
 
 def evaluate_generator(gen, rows: pd.DataFrame, sample_rows: int = EVAL_ROWS, max_new_tokens: int = EVAL_MAX_NEW_TOKENS,
                        seed: int = 0, batch_size: int = 8,
-                       perplexity_rows: int | None = None) -> tuple[dict[str, float], pd.DataFrame]:
+                       perplexity_rows: int | None = None, progress: str | None = None) -> tuple[dict[str, float], pd.DataFrame]:
     """Score ``gen`` on ``rows`` (columns ``text``, ``reply``): perplexity on all rows (or a seeded
     sample of ``perplexity_rows``), greedy replies on a seeded sample of ``sample_rows``.
 
@@ -102,20 +103,41 @@ def evaluate_generator(gen, rows: pd.DataFrame, sample_rows: int = EVAL_ROWS, ma
         (metrics, sample): metrics ``perplexity`` (all rows), ``n_perplexity``, ``rouge1``,
         ``rouge2``, ``rougeL``, ``bleu``, ``chrf`` (0..100), ``placeholder_fidelity``,
         ``length_ratio``, ``stop_rate``, ``mean_logprob``, ``n`` (sampled rows), ``max_new_tokens``;
-        sample: the sampled rows with the generated ``generated``, ``finish_reason`` and
-        ``completion_tokens`` columns.
+        sample: the sampled rows with the generated ``generated``, ``finish_reason``,
+        ``completion_tokens`` and ``mean_logprob`` columns.
+
+    ``progress`` (a label such as ``"evaluate fine-tuned"``) shows a bar per batch of replies on a
+    terminal, a line at most every 10 s elsewhere; None: silent.
     """
+    import sys
+
     from tuneloop.training.gen_metrics import reply_scores, stop_rate
+    from tuneloop.training.progress import format_duration, on_terminal
 
     ppl_rows = rows if perplexity_rows is None else rows.sample(n=min(perplexity_rows, len(rows)), random_state=seed)
     ppl = gen.perplexity(ppl_rows["text"].tolist(), ppl_rows["reply"].tolist(), batch_size=batch_size)
     sample = rows.sample(n=min(sample_rows, len(rows)), random_state=seed).reset_index(drop=True)
     order = sample["text"].str.len().argsort(kind="stable").tolist()  # similar lengths batch together
     outputs: dict[int, object] = {}
-    for start in range(0, len(order), batch_size):
+    batches = range(0, len(order), batch_size)
+    bar = None
+    if progress and on_terminal():
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(order), desc=progress, unit="reply")
+    started = last_line = time.perf_counter()
+    for start in batches:
         idx = order[start:start + batch_size]
         for i, c in zip(idx, gen.generate(sample["text"].iloc[idx].tolist(), max_new_tokens=max_new_tokens)):
             outputs[i] = c
+        if bar is not None:
+            bar.update(len(idx))
+        elif progress and (time.perf_counter() - last_line >= 10 or len(outputs) == len(order)):
+            last_line = time.perf_counter()
+            print(f"{progress}: {len(outputs)}/{len(order)} replies, {format_duration(last_line - started)} elapsed",
+                  file=sys.stderr, flush=True)
+    if bar is not None:
+        bar.close()
     completions = [outputs[i] for i in range(len(sample))]
     sample = sample.assign(generated=[c.text for c in completions], finish_reason=[c.finish_reason for c in completions],
                            completion_tokens=[c.completion_tokens for c in completions],
