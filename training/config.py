@@ -167,13 +167,13 @@ PRESETS: dict[str, dict] = {
 # Generation (SmolLM2-135M-Instruct on 2 CPU cores; README, "Generation"). LoRA on the attention
 # projections trains ~1% of the weights; the rest of the recipe follows the first measured fine-tune
 # (../shared/notes/generation.md: r=16 on q,k,v,o, lr 5e-4, 2 epochs: reply perplexity 7.47 -> 3.49).
-# quick: a few CPU minutes: 6 requests per intent, replies cut at a sentence end within 96 tokens.
+# quick: a few CPU minutes: 8 requests per intent, replies cut at a sentence end within 96 tokens.
 # full: the default of `tuneloop train --task generation`: 24 per intent, replies within 160 tokens.
 _GEN_COMMON = {"task": "generation", "method": "lora", "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
                "lora_target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "label_column": "intent",
                "batch_size": 8, "warmup_ratio": 0.05, "model_name": "tuneloop-generator", "weight_decay": 0.0, "val_fraction": 0.1, "max_length": 512}
 GENERATION_PRESETS: dict[str, dict] = {
-    "quick": {**_GEN_COMMON, "epochs": 2, "learning_rate": 5e-4, "max_train_per_label": 6, "max_reply_tokens": 96,
+    "quick": {**_GEN_COMMON, "epochs": 2, "learning_rate": 5e-4, "max_train_per_label": 8, "max_reply_tokens": 96,
               "eval_rows": 32, "eval_max_new_tokens": 128, "perplexity_rows": 100, "patience": 1},
     "full": {**_GEN_COMMON, "epochs": 2, "learning_rate": 3e-4, "max_train_per_label": 24, "max_reply_tokens": 160,
              "eval_rows": 100, "eval_max_new_tokens": 192, "patience": 1},

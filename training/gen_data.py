@@ -28,7 +28,8 @@ from tuneloop.training.data import (
     stratified_split,
 )
 
-SENTENCE_END = re.compile(r"(?<=[.!?:])\s+|\n+")  # a reply is cut only between sentences or lines
+# a reply is cut only between sentences or lines; "4. " (a list item's number) is not a sentence end
+SENTENCE_END = re.compile(r"(?<=[.!?:])(?<!\d\.)\s+|\n+")
 
 
 def cap_reply(reply: str, count_tokens, max_tokens: int) -> str:

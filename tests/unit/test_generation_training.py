@@ -48,6 +48,9 @@ def test_cap_reply_cuts_at_the_last_sentence_end_within_the_budget():
     assert cap_reply(reply, words, 33) == "First sentence. Second one here."
     assert cap_reply(reply, words, 20) == "First sentence."
     assert cap_reply("one two three four five six", words, 12) in ("one two", "one two three")
+    # a list item's number is not a sentence end: the reply never ends on a dangling "4."
+    steps = "Do this:\n1. Open it.\n2. Click it. 3. Done now."
+    assert cap_reply(steps, words, 40) == "Do this:\n1. Open it.\n2. Click it."
 
 
 def test_generation_splits_cap_replies_and_keep_groups(tmp_path, tiny_llm):

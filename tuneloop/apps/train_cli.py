@@ -84,7 +84,7 @@ def train(
                                     show_default=False),
     preset: str = typer.Option("full", "--preset", help="classification: full (the most accurate measured recipe, ~14 "
                                "min on 2 CPU cores), quick (~3 min; the demo and retraining use it) or all_layers (every "
-                               "weight trains). generation: quick (~4 min of training on 2 CPU cores: 6 requests per "
+                               "weight trains). generation: quick (~4 min of training on 2 CPU cores: 8 requests per "
                                "intent, replies cut at a sentence end within 96 tokens, LoRA r=16, 2 epochs) or full "
                                "(24 per intent, replies within 160 tokens; ~15-20 min)."),
     text_column: str | None = typer.Option(None, help="Text column (default: text)."),
