@@ -22,6 +22,10 @@ class ClassificationTask:
     name = "classification"
     primary_metric = "macro_f1"
 
+    def with_config(self, cfg) -> ClassificationTask:
+        """This task (its evaluation has no settings of its own)."""
+        return self
+
     def load_splits(self, cfg):
         """``tuneloop.training.data.load_splits_for(cfg)``."""
         from tuneloop.training.data import load_splits_for

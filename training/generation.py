@@ -35,6 +35,11 @@ class GenerationTask:
     def __init__(self, eval_rows: int = EVAL_ROWS, max_new_tokens: int = EVAL_MAX_NEW_TOKENS, seed: int = 0) -> None:
         self.eval_rows, self.max_new_tokens, self.seed = eval_rows, max_new_tokens, seed
 
+    def with_config(self, cfg) -> GenerationTask:
+        """This task evaluating as ``cfg`` says (``eval_rows`` greedy replies of up to
+        ``eval_max_new_tokens`` tokens): the gate scores a challenger as its training run did."""
+        return GenerationTask(eval_rows=cfg.eval_rows, max_new_tokens=cfg.eval_max_new_tokens, seed=self.seed)
+
     def load_splits(self, cfg):
         """``tuneloop.training.gen_data.load_generation_splits(cfg)``."""
         from tuneloop.training.gen_data import load_generation_splits

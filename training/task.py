@@ -40,6 +40,9 @@ class Task(Protocol):
     name: str
     primary_metric: str
 
+    def with_config(self, cfg: Any) -> Task:
+        """The task evaluating as the ``TrainConfig`` ``cfg`` says (the gate scores as training did)."""
+
     def load_splits(self, cfg: Any) -> Any:
         """Read and split the data of ``cfg``; returns a ``DataSplits`` (train, validation, test frames).
 
