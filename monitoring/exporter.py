@@ -1,7 +1,7 @@
 """The monitor's Prometheus metrics, on its own registry and its own ``/metrics`` port (127.0.0.1).
 
-The values are plain numbers held by :class:`MonitorMetrics` (small thread-safe gauges and counters),
-read by a custom collector (prometheus_client's public ``Collector`` / ``*MetricFamily`` API): they
+The values are plain numbers held by :class:`MonitorMetrics` (small thread-safe gauges and counters of
+:mod:`tuneloop.monitoring.metric_values`), read by a custom collector (prometheus_client's public ``Collector`` / ``*MetricFamily`` API): they
 never go to PROMETHEUS_MULTIPROC_DIR files. Counters export ``<name>_total`` (no ``_created``).
 
 Names follow Prometheus conventions (base units, ``_total`` counters, bounded label values: signal,
@@ -59,12 +59,10 @@ Always:
 from __future__ import annotations
 
 import math
-import threading
-from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+
+from tuneloop.monitoring.metric_values import Counter, Family, Gauge, MetricsCollector
 
 ACTIONS = ("none", "wait", "retrain", "need_labels", "cooldown")  # policy actions of judged windows
 # WindowReport.figures name -> (gauge name after tuneloop_monitor_, help); each labelled by sample
@@ -85,118 +83,6 @@ def _num(value) -> float:
     return math.nan if value is None else float(value)
 
 
-class _Series:
-    """One labelled series of a :class:`Gauge` or :class:`Counter` (what ``.labels(...)`` returns)."""
-
-    def __init__(self, family: _Family, key: tuple[str, ...]) -> None:
-        self._family, self._key = family, key
-
-    def set(self, value: float) -> None:
-        """Set the value (gauges only)."""
-        self._family.write(self._key, float(value), add=False)
-
-    def inc(self, amount: float = 1.0) -> None:
-        """Add ``amount`` (a counter only goes up)."""
-        self._family.write(self._key, float(amount), add=True)
-
-
-class _Family:
-    """Values of one metric by label values, in a plain dict behind a lock (the HTTP thread reads them)."""
-
-    kind = "gauge"
-
-    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...] = ()) -> None:
-        self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
-        self._lock = threading.Lock()
-        self._values: dict[tuple[str, ...], float] = {} if self.labelnames else {(): 0.0}
-
-    def labels(self, *values: object, **by_name: object) -> _Series:
-        """The series with these label values (positional, or by label name), created at 0 if new.
-
-        Raises:
-            ValueError: the metric has no labels, or the values do not match its label names.
-        """
-        if by_name:
-            if values or set(by_name) != set(self.labelnames):
-                raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values} and {by_name}")
-            values = tuple(by_name[n] for n in self.labelnames)
-        if not self.labelnames or len(values) != len(self.labelnames):
-            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
-        key = tuple(str(v) for v in values)
-        with self._lock:
-            self._values.setdefault(key, 0.0)
-        return _Series(self, key)
-
-    def remove(self, *values: object) -> None:
-        """Drop the series with these label values (no error if absent)."""
-        with self._lock:
-            self._values.pop(tuple(str(v) for v in values), None)
-
-    def clear(self) -> None:
-        """Drop every labelled series."""
-        if self.labelnames:
-            with self._lock:
-                self._values.clear()
-
-    def write(self, key: tuple[str, ...], value: float, add: bool) -> None:
-        if self.kind == "counter" and (not add or value < 0):
-            raise ValueError(f"counter {self.name} only goes up (inc with an amount >= 0)")
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + value if add else value
-
-    def _unlabelled(self) -> _Series:
-        if self.labelnames:
-            raise ValueError(f"{self.name} has labels {self.labelnames}: use .labels(...) first")
-        return _Series(self, ())
-
-    def family(self, with_samples: bool = True) -> Metric:
-        """The metric family Prometheus reads (a copy of the values, taken under the lock)."""
-        kind = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
-        out = kind(self.name, self.documentation, labels=self.labelnames)
-        if with_samples:
-            with self._lock:
-                items = list(self._values.items())
-            for key, value in items:
-                out.add_metric(list(key), value)
-        return out
-
-
-class Gauge(_Family):
-    """A gauge: ``.set(v)`` / ``.inc()`` without labels, ``.labels(...).set(v)`` with them."""
-
-    def set(self, value: float) -> None:
-        """Set the unlabelled value."""
-        self._unlabelled().set(value)
-
-    def inc(self, amount: float = 1.0) -> None:
-        """Add ``amount`` to the unlabelled value."""
-        self._unlabelled().inc(amount)
-
-
-class Counter(_Family):
-    """A counter, exported as ``<name>_total``: ``.labels(...).inc()``."""
-
-    kind = "counter"
-
-    def inc(self, amount: float = 1.0) -> None:
-        """Add ``amount`` (>= 0) to the unlabelled value."""
-        self._unlabelled().inc(amount)
-
-
-class _MetricsCollector(Collector):
-    """Hands a registry the current values of a list of gauges and counters."""
-
-    def __init__(self, families: list[_Family]) -> None:
-        self._families = families
-
-    def collect(self) -> Iterator[Metric]:
-        for family in self._families:
-            yield family.family()
-
-    def describe(self) -> Iterator[Metric]:
-        for family in self._families:
-            yield family.family(with_samples=False)
-
 
 class MonitorMetrics:
     """The gauges and counters, served by a collector on a registry of their own (no clashes across tests).
@@ -208,7 +94,7 @@ class MonitorMetrics:
     """
 
     def __init__(self) -> None:
-        families: list[_Family] = []
+        families: list[Family] = []
 
         def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
             families.append(Gauge(f"tuneloop_monitor_{name}", doc, labels))
@@ -266,7 +152,7 @@ class MonitorMetrics:
             self.retrains.labels(outcome)
         self.retraining.set(0)
         self.registry = CollectorRegistry()
-        self.registry.register(_MetricsCollector(families))
+        self.registry.register(MetricsCollector(families))
 
     def set_champion(self, tag: str) -> None:
         """Mark ``tag`` as the champion (older tags are dropped)."""
