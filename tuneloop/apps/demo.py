@@ -86,14 +86,15 @@ def load_banking77(source: str):
 
 
 @contextmanager
-def monitor_process(home: Home, cfg: DemoConfig, preset: str) -> Iterator[str]:
-    """Run ``tuneloop monitor`` for ``home`` as a subprocess; yields its metrics URL."""
+def monitor_process(home: Home, cfg: DemoConfig, preset: str, retrain: dict | None = None) -> Iterator[str]:
+    """Run ``tuneloop monitor`` for ``home`` as a subprocess; yields its metrics URL. ``retrain``:
+    more ``RetrainConfig`` fields (e.g. ``overrides``) beside the preset."""
     port = free_port()
     config_path = home.root / "monitor.yaml"
     config_path.write_text(yaml.safe_dump({
         "interval_seconds": cfg.monitor_interval, "metrics_port": port,
         "policy": {"min_window": cfg.min_window, "min_new_labels": cfg.min_new_labels},
-        "retrain": {"preset": preset},
+        "retrain": {"preset": preset, **(retrain or {})},
     }))
     log_path = home.root / "logs" / "monitor.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
