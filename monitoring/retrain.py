@@ -125,7 +125,8 @@ def retrain_and_gate(home: Home, champion_tag: str, labelled: pd.DataFrame, cfg:
     # the champion's whole data configuration; the recipe comes from the retraining preset
     base = TrainConfig.for_preset(cfg.preset, **data_config(champion.info.metadata["train_config"]))
     # progress lines (one per 10 s off a terminal, tuneloop.training.progress) go to the monitor's log
-    train_cfg = base.model_copy(update={**cfg.overrides, "progress": True})
+    # a challenger needs no base-model comparison (generation's compare_base): the gate compares it with the champion
+    train_cfg = base.model_copy(update={"compare_base": False, **cfg.overrides, "progress": True})
     splits = task.load_splits(train_cfg)
     fb_train, fb_held, holdout = feedback_examples(task.name, labelled, splits, cfg.holdout_feedback_fraction)
     extra = pd.concat([fb_train] * cfg.feedback_weight, ignore_index=True) if len(fb_train) else None
@@ -136,7 +137,8 @@ def retrain_and_gate(home: Home, champion_tag: str, labelled: pd.DataFrame, cfg:
                                extra_meta={"parent": champion_tag, "feedback_rows": len(fb_train)},
                                reference_rows=_reference_rows(recent_unlabelled, fb_held))
     champion_predictor = task.load_predictor(champion.path, device=result.classifier.device)
-    verdict = run_gate(task, champion_predictor, result.classifier, holdout, cfg.gate)
+    # both models are scored as the challenger's training run scored it (generation: its eval_rows and budget)
+    verdict = run_gate(task.with_config(train_cfg), champion_predictor, result.classifier, holdout, cfg.gate)
     if verdict.promoted:
         promote(home, challenger_tag, reason=verdict.reason)
     return RetrainOutcome(

@@ -21,6 +21,8 @@ class ClassificationTask:
 
     name = "classification"
     primary_metric = "macro_f1"
+    guard_metric = "accuracy"  # the gate's second check: may not fall by more than GateConfig.max_accuracy_drop
+    guard_higher_is_better = True
 
     def with_config(self, cfg) -> ClassificationTask:
         """This task (its evaluation has no settings of its own)."""

@@ -11,6 +11,8 @@ The contract, in the order the loop uses it:
 
 * ``name``: the registry key, saved in each model version's metadata.
 * ``primary_metric``: the one metric the gate compares (higher is better), e.g. ``macro_f1``.
+* ``guard_metric`` / ``guard_higher_is_better``: the metric the challenger may not worsen beyond the
+  gate's tolerance (classification: accuracy, higher is better; generation: perplexity, lower).
 * :meth:`Task.load_splits`: how rows are read: train / validation / test frames for a config.
 * :meth:`Task.fine_tune`: how a model is trained on them (nothing saved).
 * :meth:`Task.save`: how the trained model and its artifacts become a new version in the store.
@@ -39,6 +41,8 @@ class Task(Protocol):
 
     name: str
     primary_metric: str
+    guard_metric: str
+    guard_higher_is_better: bool
 
     def with_config(self, cfg: Any) -> Task:
         """The task evaluating as the ``TrainConfig`` ``cfg`` says (the gate scores as training did)."""

@@ -37,7 +37,7 @@ def test_a_non_editable_install_has_one_tuneloop_package(tmp_path):
                    cwd=tmp_path, pythonpath=target)
     assert proc.returncode == 0, proc.stderr[-3000:]
     file, head, training = proc.stdout.split()[:2] + [proc.stdout.strip().splitlines()[-1]]
-    assert file.startswith(str(package)) and head == "0002" and training == "no training"
+    assert file.startswith(str(package)) and head == "0003" and training == "no training"
 
 
 @pytest.mark.timeout(600)
