@@ -54,7 +54,7 @@ class GenDemoConfig(BaseModel):
     quick: bool = Field(True, description="Quick preset: minutes on 2 CPU cores.")
     scarce_categories: int = Field(2, ge=1, description="Categories whose intents keep only scarce_examples rows.")
     scarce_examples: int = Field(1, ge=1, description="Training requests kept per intent of a scarce category.")
-    per_intent: int = Field(8, ge=1, description="Training requests per intent of the other categories.")
+    per_intent: int = Field(6, ge=1, description="Training requests per intent of the other categories.")
     holdout_per_intent: int = Field(2, ge=1, description="Test requests per intent kept for evaluation and the gate.")
     feedback_share: float = Field(0.5, ge=0, le=1, description="Share of answers that get the reviewer's reply.")
     drift_scarce_share: float = Field(0.8, ge=0, le=1, description="Share of drift requests from scarce categories.")
@@ -67,7 +67,8 @@ class GenDemoConfig(BaseModel):
     max_new_tokens: int = Field(64, ge=1, le=512, description="Token budget of each live reply.")
     monitor_interval: float = Field(2.0, gt=0)
     min_window: int = Field(32, ge=10, description="Smallest window the monitor judges.")
-    min_new_labels: int = Field(40, ge=0, description="Reviewer replies needed before a retrain.")
+    min_new_labels: int = Field(30, ge=0, description="Reviewer replies needed before a retrain.")
+    feedback_weight: int = Field(1, ge=1, description="Times each reviewer reply is trained on (CPU minutes grow with it).")
     eval_rows: int = Field(16, ge=1, description="Holdout rows whose greedy replies evaluation and the gate score.")
     seed: int = 0
     timeout_minutes: float = Field(25.0, gt=0, description="Give up waiting for the swap after this long.")
@@ -240,9 +241,12 @@ def _stages(cfg: GenDemoConfig, run_dir: Path, run_home: Home, pools: Pools, sta
     rng = random.Random(cfg.seed)
     in_dist = _queries(pools.replay_known, pools.replay_known, 0.0, 0.0, rng)
     drift = _queries(pools.replay_known, pools.replay_scarce, cfg.drift_scarce_share, cfg.typo_share, rng)
-    retrain = {"overrides": {"compare_base": False, "eval_rows": cfg.eval_rows, "eval_max_new_tokens": 96}}
+    retrain = {"feedback_weight": cfg.feedback_weight,
+               "overrides": {"compare_base": False, "eval_rows": cfg.eval_rows, "eval_max_new_tokens": 96}}
     stage[0] = "starting the service and the monitor"
-    env = {"TUNELOOP_POLL_SECONDS": "1", "TUNELOOP_MAX_LATENCY_MS": "300000", "TUNELOOP_TORCH_THREADS": "2"}
+    # replies take seconds and a retrain shares the CPU: generous queue and request limits
+    env = {"TUNELOOP_POLL_SECONDS": "1", "TUNELOOP_MAX_LATENCY_MS": "300000", "TUNELOOP_REQUEST_TIMEOUT_S": "600",
+           "TUNELOOP_TORCH_THREADS": "2"}
     with running_server(run_home, env=env, ready_timeout=300) as server, \
             monitor_process(run_home, cfg, "quick", retrain=retrain) as metrics_url:
         replay = GenReplayer(server.url, cfg, metrics_url)
