@@ -145,6 +145,10 @@ def fine_tune_generator(cfg: TrainConfig, splits: DataSplits, extra_train: pd.Da
             callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience),
                        *([ProgressLines()] if cfg.progress and not on_terminal() else []), *(callbacks or [])],
         )
+        if cfg.progress and not on_terminal():  # ProgressLines writes the lines; the Trainer's dict printer repeats them
+            from transformers import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)
         check_reply_ends_with_eos(trainer.train_dataset, tokenizer.eos_token_id)
         train_tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
         trainer.train()
