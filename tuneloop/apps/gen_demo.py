@@ -234,15 +234,17 @@ def _stages(cfg: GenDemoConfig, run_dir: Path, run_home: Home, pools: Pools, sta
     pools.train.to_csv(data_dir / "train.csv", index=False)
     pools.holdout.to_csv(data_dir / "test.csv", index=False)
     stage[0] = "initial training"
+    # the reference replies (the scored holdout replies) get the live requests' token budget, so reply length
+    # and stop rate compare like with like: with 96 vs 64 tokens reply_drift fired in every in-distribution window
     train_cfg = TrainConfig.for_preset("quick", task="generation", data=str(data_dir), text_column="instruction",
                                        response_column="response", max_train_per_label=10_000, eval_rows=cfg.eval_rows,
-                                       eval_max_new_tokens=96, compare_base=False, seed=cfg.seed)
+                                       eval_max_new_tokens=cfg.max_new_tokens, compare_base=False, seed=cfg.seed)
     initial = train(train_cfg, run_home)
     rng = random.Random(cfg.seed)
     in_dist = _queries(pools.replay_known, pools.replay_known, 0.0, 0.0, rng)
     drift = _queries(pools.replay_known, pools.replay_scarce, cfg.drift_scarce_share, cfg.typo_share, rng)
     retrain = {"feedback_weight": cfg.feedback_weight,
-               "overrides": {"compare_base": False, "eval_rows": cfg.eval_rows, "eval_max_new_tokens": 96}}
+               "overrides": {"compare_base": False, "eval_rows": cfg.eval_rows, "eval_max_new_tokens": cfg.max_new_tokens}}
     stage[0] = "starting the service and the monitor"
     # replies take seconds and a retrain shares the CPU: generous queue and request limits
     env = {"TUNELOOP_POLL_SECONDS": "1", "TUNELOOP_MAX_LATENCY_MS": "300000", "TUNELOOP_REQUEST_TIMEOUT_S": "600",
