@@ -16,14 +16,13 @@ confidence in its reply). ``generate`` stops when every row has ended.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from transformers.generation import LogitsProcessor, StoppingCriteria
 
 Prompt = str | Sequence[dict]  # a user message, or chat messages [{"role": ..., "content": ...}, ...]
 DEFAULT_MAX_PROMPT_TOKENS = 1024
@@ -62,13 +61,15 @@ class Completion:
     token_times: list[float] = field(default_factory=list)
 
 
-class RowTracker(LogitsProcessor, StoppingCriteria):
+class RowTracker:
     """Follows every row of one batched ``generate`` call (see the module docstring).
 
     ``transformers`` calls it once per step as the last logits processor (it keeps the step's
     log-probabilities) and, once the step's tokens are appended, as a stopping criterion: it reads
     each row's new token, and returns True for the rows that ended (``generate`` pads those from
-    then on and stops when all have ended). Both hooks are public ``generate`` arguments.
+    then on and stops when all have ended). Both hooks are public ``generate`` arguments; the
+    adapters that subclass transformers' classes are made on first use (:func:`_hooks`), so importing
+    this module (the service does, at start) does not import transformers.
     """
 
     def __init__(self, tokenizer: Any, max_new_tokens: list[int], stops: list[list[str]],
@@ -87,16 +88,15 @@ class RowTracker(LogitsProcessor, StoppingCriteria):
         self._step_logp = None  # (batch, vocab) log-probabilities of the step being decided
         self.started = time.perf_counter()
 
-    def __call__(self, input_ids, scores):  # no **kwargs: LogitsProcessorList would then demand them
+    def process(self, input_ids, scores):
+        """As a logits processor: remember the step's log-probabilities, change nothing."""
         import torch
 
-        if isinstance(scores, torch.Tensor) and scores.dim() == 2 and self._step_logp is None:
-            # as a logits processor: remember the step's distribution, change nothing
-            self._step_logp = torch.log_softmax(scores.float(), dim=-1)
-            return scores
-        return self._after_step(input_ids)
+        self._step_logp = torch.log_softmax(scores.float(), dim=-1)
+        return scores
 
-    def _after_step(self, input_ids):
+    def after_step(self, input_ids):
+        """As a stopping criterion: take each row's new token; True for the rows that ended."""
         import torch
 
         now = time.perf_counter()
@@ -127,6 +127,28 @@ class RowTracker(LogitsProcessor, StoppingCriteria):
             elif cut is not None:  # the stop string began in pieces already sent: the reply ends before it
                 self.text[row] = text
         return torch.tensor([reason is not None for reason in self.finish], device=input_ids.device)
+
+
+@functools.cache
+def _hooks():
+    """(logits processor, stopping criterion) adapter classes around a :class:`RowTracker`."""
+    from transformers import LogitsProcessor, StoppingCriteria
+
+    class TrackerProcessor(LogitsProcessor):
+        def __init__(self, tracker: RowTracker) -> None:
+            self.tracker = tracker
+
+        def __call__(self, input_ids, scores):  # no **kwargs: LogitsProcessorList would then demand them
+            return self.tracker.process(input_ids, scores)
+
+    class TrackerStop(StoppingCriteria):
+        def __init__(self, tracker: RowTracker) -> None:
+            self.tracker = tracker
+
+        def __call__(self, input_ids, scores, **kwargs):
+            return self.tracker.after_step(input_ids)
+
+    return TrackerProcessor, TrackerStop
 
 
 def _eos_ids(tokenizer) -> set[int]:
@@ -228,6 +250,7 @@ class Generator:
         if max(lengths) > self.max_prompt_tokens:
             raise PromptTooLongError(int(max(lengths)), self.max_prompt_tokens)
         tracker = RowTracker(self.tokenizer, budgets, stops, on_text)
+        processor, stop_hook = _hooks()
         sampling = temperature > 0
         if seed is not None:
             torch.manual_seed(seed)
@@ -238,7 +261,8 @@ class Generator:
                 input_ids=enc["input_ids"].to(self.device), attention_mask=enc["attention_mask"].to(self.device),
                 max_new_tokens=max(budgets),
                 pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
-                logits_processor=LogitsProcessorList([tracker]), stopping_criteria=StoppingCriteriaList([tracker]), **kwargs,
+                logits_processor=LogitsProcessorList([processor(tracker)]),
+                stopping_criteria=StoppingCriteriaList([stop_hook(tracker)]), **kwargs,
             )
         return [
             Completion(text=tracker.text[i], finish_reason=tracker.finish[i] or "length", prompt_tokens=int(lengths[i]),
