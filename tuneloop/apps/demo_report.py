@@ -37,6 +37,50 @@ def _initial_metrics(initial, pools: DemoPools, test_df: pd.DataFrame) -> dict:
             "train_seconds": round(initial.seconds, 1), "epochs_run": initial.epochs_run}
 
 
+def decision_timeline(run_home: Home, out: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(traffic, decisions) of a demo run; each decision gets ``end_index`` and ``end_phase``, the
+    replayed request (index in sending order, phase) that closed its window. Shared by both demos."""
+    traffic = TrafficLog(run_home.traffic_db_path).read_window(0)
+    seq_to_index = dict(zip(traffic["seq"], traffic["request_id"].map(dict(zip(out["request_id"], out["index"])))))
+    decisions = AuditLog(run_home.traffic_db_path).decisions()
+    if len(decisions):
+        decisions["end_index"] = decisions["window_end_seq"].map(seq_to_index)
+        decisions["end_phase"] = decisions["end_index"].map(dict(zip(out["index"], out["phase"])))
+    return traffic, decisions
+
+
+def detection(out: pd.DataFrame, decisions: pd.DataFrame) -> tuple[int | None, int | None]:
+    """(drift onset: the first ``drift`` request's index, the index closing the first degraded window after it)."""
+    drift_rows = out[out["phase"] == "drift"]
+    onset = int(drift_rows["index"].min()) if len(drift_rows) else None
+    detected = None
+    if onset is not None and len(decisions):
+        hits = decisions[decisions["degraded"] & (decisions["end_index"] >= onset)]
+        detected = int(hits["end_index"].min()) if len(hits) else None
+    return onset, detected
+
+
+def swap_figures(out: pd.DataFrame, run_home: Home, initial_tag: str, promoted: bool) -> dict:
+    """Failed requests within 5 s around the swap to the promoted champion, and how long after the
+    promotion its first answer came (``out`` columns ok, model_tag, sent_at)."""
+    pointer = read_champion(run_home)
+    if not (promoted and pointer is not None and pointer.tag != initial_tag):
+        return {"failed_requests": 0, "promoted_at": None, "first_answer_by_new_model_s": None}
+    ok = out["ok"].astype(bool)
+    new = out[ok & (out["model_tag"] == pointer.tag)]
+    first_new = float(new["sent_at"].min()) if len(new) else pointer.promoted_at
+    around = out[(out["sent_at"] >= pointer.promoted_at - 5) & (out["sent_at"] <= first_new + 5)]
+    return {"failed_requests": int((~around["ok"].astype(bool)).sum()), "requests_around_swap": int(len(around)),
+            "promoted_at": pointer.promoted_at, "first_answer_by_new_model_s": round(first_new - pointer.promoted_at, 2)}
+
+
+def decision_rows(decisions: pd.DataFrame) -> list[dict]:
+    """The report's ``decisions`` list."""
+    return [{"end_index": None if pd.isna(r.end_index) else int(r.end_index), "phase": r.end_phase,
+             "decision": r.decision, "degraded": bool(r.degraded), "reason": r.reason}
+            for r in decisions.itertuples()] if len(decisions) else []
+
+
 def estimation_error(decisions: pd.DataFrame, traffic: pd.DataFrame, out: pd.DataFrame) -> dict:
     """CBPE's error: each judged window's estimated accuracy (from calibrated confidences, no labels)
     against the true live accuracy of the same requests (the replay knows every true label).
@@ -70,12 +114,7 @@ def build_report(cfg, run_home: Home, pools: DemoPools, initial, test_df: pd.Dat
     """The demo report (see the module docstring and README for every key)."""
     out = pd.DataFrame([o.to_dict() for o in outcomes]).sort_values("index") if outcomes else pd.DataFrame(
         columns=["index", "phase", "ok", "label", "predicted", "request_id", "sent_at", "model_tag"])
-    traffic = TrafficLog(run_home.traffic_db_path).read_window(0)
-    seq_to_index = dict(zip(traffic["seq"], traffic["request_id"].map(dict(zip(out["request_id"], out["index"])))))
-    decisions = AuditLog(run_home.traffic_db_path).decisions()
-    if len(decisions):
-        decisions["end_index"] = decisions["window_end_seq"].map(seq_to_index)
-        decisions["end_phase"] = decisions["end_index"].map(dict(zip(out["index"], out["phase"])))
+    traffic, decisions = decision_timeline(run_home, out)
     phases = []
     for name in PHASES:
         rows = out[out["phase"] == name]
@@ -90,12 +129,7 @@ def build_report(cfg, run_home: Home, pools: DemoPools, initial, test_df: pd.Dat
             "first_request": int(rows["index"].min()) if len(rows) else None,
             "models": sorted(ok["model_tag"].dropna().unique().tolist()),
         })
-    drift_rows = out[out["phase"] == "drift"]
-    onset = int(drift_rows["index"].min()) if len(drift_rows) else None
-    detected = None
-    if onset is not None and len(decisions):
-        hits = decisions[decisions["degraded"] & (decisions["end_index"] >= onset)]
-        detected = int(hits["end_index"].min()) if len(hits) else None
+    onset, detected = detection(out, decisions)
     retrains = decisions[decisions["retrain"].notna()] if len(decisions) else decisions
     retrain = {"triggered": bool(len(retrains)), "challenger_tag": None, "challenger_accuracy": None,
                "champion_accuracy": None, "promoted": False, "seconds": None}
@@ -111,14 +145,7 @@ def build_report(cfg, run_home: Home, pools: DemoPools, initial, test_df: pd.Dat
                    "promoted": bool(chosen["promoted"]), "seconds": round(chosen["seconds"], 1),
                    "holdout_rows": chosen["holdout_rows"], "feedback_train_rows": chosen["feedback_train_rows"],
                    "gate_reason": chosen["reason"], "retrains": int(len(retrains))}
-    pointer = read_champion(run_home)
-    swap = {"failed_requests": 0, "promoted_at": None, "first_answer_by_new_model_s": None}
-    if retrain["promoted"] and pointer is not None and pointer.tag != initial.tag:
-        new = out[out["ok"] & (out["model_tag"] == pointer.tag)]
-        first_new = float(new["sent_at"].min()) if len(new) else pointer.promoted_at
-        around = out[(out["sent_at"] >= pointer.promoted_at - 5) & (out["sent_at"] <= first_new + 5)]
-        swap = {"failed_requests": int((~around["ok"]).sum()), "requests_around_swap": int(len(around)),
-                "promoted_at": pointer.promoted_at, "first_answer_by_new_model_s": round(first_new - pointer.promoted_at, 2)}
+    swap = swap_figures(out, run_home, initial.tag, retrain["promoted"])
     reports = sorted({p for p in decisions["report_path"].dropna()}) if len(decisions) else []
     report = {
         "config": cfg.model_dump(mode="json"),
@@ -132,9 +159,7 @@ def build_report(cfg, run_home: Home, pools: DemoPools, initial, test_df: pd.Dat
         "swap": swap,
         "estimation_error": (estimation_error(decisions, traffic, out) if len(decisions)
                              else {"windows": 0, "mae_points": None, "by_phase": {}, "per_window": []}),
-        "decisions": [{"end_index": None if pd.isna(r.end_index) else int(r.end_index), "phase": r.end_phase,
-                       "decision": r.decision, "degraded": bool(r.degraded), "reason": r.reason}
-                      for r in decisions.itertuples()] if len(decisions) else [],
+        "decisions": decision_rows(decisions),
         "evidently_reports": [p for p in reports] + [p.replace(".json", ".html") for p in reports],
         "evidently_workspace": str(run_home.evidently_dir),
         "wall_seconds": round(time.time() - started, 1),

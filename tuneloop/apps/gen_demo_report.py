@@ -12,10 +12,9 @@ import time
 
 import pandas as pd
 
-from tuneloop.state.audit import AuditLog
+from tuneloop.apps.demo_report import decision_rows, decision_timeline, detection, swap_figures
 from tuneloop.state.home import Home
-from tuneloop.state.registry import get_model, read_champion
-from tuneloop.state.traffic_store import TrafficLog
+from tuneloop.state.registry import get_model
 from tuneloop.training.gen_metrics import rouge_l_each
 
 PHASES = ("in_distribution", "drift", "after_retrain")
@@ -36,13 +35,7 @@ def build_gen_report(cfg, run_home: Home, pools, initial, answers: list[dict], s
     out["rouge_l"] = None
     if len(ok):
         out.loc[ok.index, "rouge_l"] = rouge_l_each(ok["reply"].fillna("").tolist(), ok["reference"].tolist())
-    traffic = TrafficLog(run_home.traffic_db_path).read_window(0)
-    index_of = dict(zip(out["request_id"], out["index"]))
-    seq_to_index = dict(zip(traffic["seq"], traffic["request_id"].map(index_of)))
-    decisions = AuditLog(run_home.traffic_db_path).decisions()
-    if len(decisions):
-        decisions["end_index"] = decisions["window_end_seq"].map(seq_to_index)
-        decisions["end_phase"] = decisions["end_index"].map(dict(zip(out["index"], out["phase"])))
+    _, decisions = decision_timeline(run_home, out)
     phases = []
     for name in PHASES:
         rows = out[out["phase"] == name]
@@ -57,12 +50,7 @@ def build_gen_report(cfg, run_home: Home, pools, initial, answers: list[dict], s
             "first_request": int(rows["index"].min()) if len(rows) else None,
             "models": sorted(good["model_tag"].dropna().unique().tolist()),
         })
-    drift_rows = out[out["phase"] == "drift"]
-    onset = int(drift_rows["index"].min()) if len(drift_rows) else None
-    detected = None
-    if onset is not None and len(decisions):
-        hits = decisions[decisions["degraded"] & (decisions["end_index"] >= onset)]
-        detected = int(hits["end_index"].min()) if len(hits) else None
+    onset, detected = detection(out, decisions)
     retrains = decisions[decisions["retrain"].notna()] if len(decisions) else decisions
     retrain = {"triggered": bool(len(retrains)), "challenger_tag": None, "promoted": False, "seconds": None,
                "challenger_metrics": None, "champion_metrics": None}
@@ -74,14 +62,7 @@ def build_gen_report(cfg, run_home: Home, pools, initial, answers: list[dict], s
                    "feedback_train_rows": chosen.get("feedback_train_rows"), "gate_reason": chosen.get("reason"),
                    "challenger_metrics": _metrics(chosen.get("challenger_metrics")),
                    "champion_metrics": _metrics(chosen.get("champion_metrics")), "retrains": int(len(retrains))}
-    pointer = read_champion(run_home)
-    swap = {"failed_requests": 0, "promoted_at": None, "first_answer_by_new_model_s": None}
-    if retrain["promoted"] and pointer is not None and pointer.tag != initial.tag:
-        new = out[out["ok"].astype(bool) & (out["model_tag"] == pointer.tag)]
-        first_new = float(new["sent_at"].min()) if len(new) else pointer.promoted_at
-        around = out[(out["sent_at"] >= pointer.promoted_at - 5) & (out["sent_at"] <= first_new + 5)]
-        swap = {"failed_requests": int((~around["ok"].astype(bool)).sum()), "requests_around_swap": int(len(around)),
-                "promoted_at": pointer.promoted_at, "first_answer_by_new_model_s": round(first_new - pointer.promoted_at, 2)}
+    swap = swap_figures(out, run_home, initial.tag, retrain["promoted"])
     challenger_eval = None
     if retrain["challenger_tag"]:
         challenger_eval = _metrics(dict(get_model(run_home, retrain["challenger_tag"]).info.metadata)["metrics"]["test"])
@@ -100,9 +81,7 @@ def build_gen_report(cfg, run_home: Home, pools, initial, answers: list[dict], s
         "detection_delay_requests": (detected - onset) if detected is not None and onset is not None else None,
         "retrain": retrain,
         "swap": swap,
-        "decisions": [{"end_index": None if pd.isna(r.end_index) else int(r.end_index), "phase": r.end_phase,
-                       "decision": r.decision, "degraded": bool(r.degraded), "reason": r.reason}
-                      for r in decisions.itertuples()] if len(decisions) else [],
+        "decisions": decision_rows(decisions),
         "evidently_reports": reports + [p.replace(".json", ".html") for p in reports],
         "evidently_workspace": str(run_home.evidently_dir),
         "wall_seconds": round(time.time() - started, 1),
