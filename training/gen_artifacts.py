@@ -33,16 +33,19 @@ def generation_reference(samples: pd.DataFrame, prompts: pd.DataFrame, size: int
     Returns:
         Columns ``text`` (prompt), ``reply`` (the model's reply; None on prompt-only rows),
         ``finish_reason``, ``completion_tokens``, ``mean_logprob``, ``true_reply`` (the reference
-        reply where known).
+        reply where known: ``reply_full``, the uncapped reply, when the rows have it, because live
+        feedback is a reviewer's whole reply; measured on a demo's 16 scored rows, ROUGE-L against
+        the capped replies was 0.336 and against the whole ones 0.272, a gap that made ``rouge_drop``
+        read +0.1 on in-distribution traffic).
     """
     scored = pd.DataFrame({"text": samples["text"], "reply": samples["fine_tuned_reply"],
                            "finish_reason": samples["finish_reason"], "completion_tokens": samples["completion_tokens"],
-                           "mean_logprob": samples["mean_logprob"], "true_reply": samples["reply"]})
+                           "mean_logprob": samples["mean_logprob"], "true_reply": samples.get("reply_full", samples["reply"])})
     rest = prompts[~prompts["text"].isin(set(scored["text"]))]
     rest = rest.sample(n=min(max(size - len(scored), 0), len(rest)), random_state=seed)
     extra = pd.DataFrame({"text": rest["text"].tolist(), "reply": None, "finish_reason": None, "completion_tokens": None,
                           "mean_logprob": None,
-                          "true_reply": rest["reply"].tolist() if "reply" in rest else None})
+                          "true_reply": rest.get("reply_full", rest.get("reply")).tolist() if "reply" in rest else None})
     return pd.concat([scored, extra], ignore_index=True)
 
 

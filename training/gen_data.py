@@ -127,6 +127,8 @@ def load_generation_splits(cfg, tokenizer=None) -> DataSplits:
     for name, df in (("train", train), ("validation", validation), ("test", test)):
         replies = [cap_reply(r, count, cfg.max_reply_tokens) for r in df["reply"]]
         capped[name] = sum(a != b for a, b in zip(replies, df["reply"]))
+        if name != "train":  # the reviewer's whole reply, as live feedback is: the drift reference scores against it
+            df["reply_full"] = df["reply"]
         df["reply"] = replies
     report.augmented_rows = {f"replies_capped_{k}": v for k, v in capped.items()}
     report.label_counts = {str(k): int(v) for k, v in train["label"].value_counts().sort_index().items()}

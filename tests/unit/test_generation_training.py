@@ -67,6 +67,17 @@ def test_generation_splits_cap_replies_and_keep_groups(tmp_path, tiny_llm):
                                          "I can help you cancel order"}
     assert all(len(r) < len(REPLIES[label]) for r, label in zip(splits.test["reply"], splits.test["label"]))
     assert splits.report.augmented_rows["replies_capped_test"] == 9
+    # the whole replies stay beside the capped ones outside train: the drift reference scores live replies
+    # against them, because a reviewer's live correction is a whole reply too
+    assert list(splits.test["reply_full"]) == [REPLIES[label] for label in splits.test["label"]]
+    from tuneloop.training.gen_artifacts import generation_reference
+
+    samples = splits.test.head(3).assign(fine_tuned_reply="x", finish_reason="stop", completion_tokens=1, mean_logprob=-1.0)
+    reference = generation_reference(samples, splits.test, size=5, seed=0)
+    assert len(reference) == 5 and reference["true_reply"].tolist() == [REPLIES[label] for label in
+                                                                         splits.test["label"].head(3)] + list(
+        reference["true_reply"].tail(2))
+    assert set(reference["true_reply"]) <= set(REPLIES.values())
 
 
 def test_reply_metrics_on_known_pairs():
