@@ -210,3 +210,58 @@ def served_tiny_champion(tmp_path_factory, name: str, env: dict[str, str], ready
     promote(home, save_tiny_model(home), reason="first model")
     with running_server(home, env=env, ready_timeout=ready_timeout) as server:
         yield home, server
+
+
+# --- PostgreSQL (the scale-out traffic store) ---------------------------------------------------
+# `.ci/run` starts Debian's PostgreSQL 15 and creates the role tuneloop/tuneloop (superuser: each
+# test gets a database of its own, created and dropped here). Locally without a server the PostgreSQL
+# cases skip; with TUNELOOP_REQUIRE_POSTGRES set (CI) they fail instead.
+PG_ADMIN_URL = os.environ.get("TUNELOOP_TEST_PG_URL", "postgresql+psycopg://tuneloop:tuneloop@127.0.0.1:5432/postgres")
+
+
+def _pg_admin_engine():
+    from sqlalchemy import create_engine
+
+    return create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+
+
+@pytest.fixture(scope="session")
+def pg_admin():
+    """An AUTOCOMMIT engine on the test server's ``postgres`` database (session-wide)."""
+    from sqlalchemy import text
+
+    engine = _pg_admin_engine()
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - any connection failure means "no server here"
+        engine.dispose()
+        if os.environ.get("TUNELOOP_REQUIRE_POSTGRES"):
+            pytest.fail(f"PostgreSQL required (TUNELOOP_REQUIRE_POSTGRES) but {PG_ADMIN_URL} is unreachable: {exc}")
+        pytest.skip(f"no PostgreSQL at {PG_ADMIN_URL} ({type(exc).__name__}); .ci/run starts one")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture()
+def pg_url(pg_admin):
+    """SQLAlchemy URL of a fresh, empty PostgreSQL database, dropped after the test."""
+    import uuid
+
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    name = f"tuneloop_test_{uuid.uuid4().hex[:12]}"
+    with pg_admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    with pg_admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """The traffic store's URL, once per engine: SQLite in ``tmp_path``, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store' / 'traffic.db'}"
+    return request.getfixturevalue("pg_url")
