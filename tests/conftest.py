@@ -263,5 +263,6 @@ def pg_url(pg_admin):
 def store_url(request, tmp_path):
     """The traffic store's URL, once per engine: SQLite in ``tmp_path``, then a fresh PostgreSQL database."""
     if request.param == "sqlite":
+        (tmp_path / "store").mkdir(exist_ok=True)
         return f"sqlite:///{tmp_path / 'store' / 'traffic.db'}"
     return request.getfixturevalue("pg_url")
