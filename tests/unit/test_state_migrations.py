@@ -20,7 +20,7 @@ def test_a_new_store_is_at_head_and_matches_the_models(tmp_path):
     from tuneloop.state.traffic_store import TrafficLog
 
     log = TrafficLog(tmp_path / "traffic.db")
-    assert current_revision(log.engine) == head_revision() == "0003"
+    assert current_revision(log.engine) == head_revision() == "0004"
     with log.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == [], diff  # the migrations build exactly the tables, columns and indexes of schema.py
@@ -53,7 +53,7 @@ def test_an_unversioned_store_is_upgraded_in_place(tmp_path, tables):
         if "monitor_state" in tables:
             db.execute("INSERT INTO monitor_state VALUES ('cursor', '41')")
     log = TrafficLog(path)
-    assert current_revision(log.engine) == "0003"
+    assert current_revision(log.engine) == "0004"
     log.add_feedback("old", "l2")
     assert log.read_window().loc[0, "true_label"] == "l2"
     audit = AuditLog(path)
@@ -70,4 +70,4 @@ def test_processes_opening_one_new_store_at_once_agree(tmp_path):
     assert [p.returncode for p in procs] == [0] * 4, [err[-2000:] for _, err in results]
     engine = create_engine(f"sqlite:///{path}")
     with engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all() == ["0003"]
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all() == ["0004"]

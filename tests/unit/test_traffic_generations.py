@@ -114,7 +114,7 @@ def test_migration_0003_goes_down_and_up_keeping_classification_feedback(tmp_pat
     with sqlite3.connect(log.db_path) as db:
         assert db.execute("SELECT request_id, true_label FROM feedback").fetchall() == [("c1", "top_up")]
     log = TrafficLog(log.db_path)  # upgrades again
-    assert current_revision(log.engine) == "0003"
+    assert current_revision(log.engine) == "0004"
     log.add_feedback("c1", "refund")
     assert list(log.labelled()["true_label"]) == ["refund"]
 

@@ -5,7 +5,9 @@ migration):
 
     predictions: seq (autoincrement order), request_id (unique), created_at (Unix s), text,
         label, confidence (0..1), top3 (JSON list of [label, prob]), model_tag, latency_ms,
-        http_request_id (the ``X-Request-ID`` of the HTTP request that carried the text).
+        http_request_id (the ``X-Request-ID`` of the HTTP request that carried the text), replica
+        (the service replica that answered, e.g. ``host:port`` or the pod name) and worker (its
+        worker process index); both null when not known.
     feedback: seq, request_id (unique; a second feedback for the same id replaces the first),
         true_label (classification; null for a generation's feedback), reply (a reviewer's
         corrected reply, generation), rating (+1 good, -1 bad, generation), created_at.
@@ -43,6 +45,8 @@ class Prediction(Base):
     model_tag: Mapped[str] = mapped_column(String(256))
     latency_ms: Mapped[float] = mapped_column(Float)
     http_request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    replica: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    worker: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Feedback(Base):

@@ -64,6 +64,8 @@ class PredictionRecord:
     A generation is a prediction too: ``text`` is its prompt (the last user message of a chat),
     ``label`` its finish reason, ``confidence`` ``exp(mean_logprob)``, ``top3`` empty, and
     ``generation`` holds the reply (written to ``generations`` in the same transaction).
+    ``replica`` names the service replica that answered (e.g. ``host:port`` or a pod name) and
+    ``worker`` its worker process index (0-based); None where not known.
     """
 
     request_id: str
@@ -76,18 +78,21 @@ class PredictionRecord:
     latency_ms: float
     http_request_id: str | None = None
     generation: GenerationRecord | None = None
+    replica: str | None = None
+    worker: int | None = None
 
 
 _INSERT_PREDICTIONS = (
     "INSERT INTO predictions (request_id, created_at, text, label, confidence, top3, model_tag, latency_ms, "
-    "http_request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "http_request_id, replica, worker) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_GENERATIONS = (
     "INSERT INTO generations (request_id, reply, finish_reason, prompt_tokens, completion_tokens, mean_logprob, "
     "first_token_ms) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 # read_window's columns: the prediction's, its feedback label, then the generation's and its feedback's
-WINDOW_COLUMNS = ["seq", "request_id", "created_at", "text", "label", "confidence", "top3", "model_tag", "latency_ms"]
+WINDOW_COLUMNS = ["seq", "request_id", "created_at", "text", "label", "confidence", "top3", "model_tag", "latency_ms",
+                  "replica", "worker"]
 GENERATION_WINDOW_COLUMNS = ["reply", "finish_reason", "prompt_tokens", "completion_tokens", "mean_logprob",
                              "true_reply", "rating"]
 
@@ -137,7 +142,8 @@ class TrafficLog:
             return
         rows = [
             (r.request_id, r.created_at, r.text, r.label, float(r.confidence),
-             json.dumps([[lab, float(p)] for lab, p in r.top3]), r.model_tag, float(r.latency_ms), r.http_request_id)
+             json.dumps([[lab, float(p)] for lab, p in r.top3]), r.model_tag, float(r.latency_ms), r.http_request_id,
+             r.replica, None if r.worker is None else int(r.worker))
             for r in records
         ]
         generations = [
@@ -220,8 +226,8 @@ class TrafficLog:
 
         Returns:
             DataFrame, one row per prediction in ``seq`` order, columns ``seq, request_id,
-            created_at, text, label, confidence, top3 (JSON str), model_tag, latency_ms,
-            true_label`` (None where no feedback came), then the generation columns ``reply,
+            created_at, text, label, confidence, top3 (JSON str), model_tag, latency_ms, replica,
+            worker`` (None where not recorded), ``true_label`` (None where no feedback came), then the generation columns ``reply,
             finish_reason, prompt_tokens, completion_tokens, mean_logprob`` (None for a
             classification row) and its feedback ``true_reply`` (a corrected reply) and
             ``rating`` (+1 good, -1 bad; None where none came). Integer columns that hold a None
