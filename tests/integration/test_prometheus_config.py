@@ -149,7 +149,7 @@ def test_compose_mounts_the_same_configuration():
 
     compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"service", "monitor", "prometheus", "grafana"}
+    assert set(services) == {"service", "monitor", "retrain", "postgres", "prometheus", "grafana"}  # (deploy tests: the rest)
     assert "./monitoring/prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
     assert "--config.file=/etc/prometheus/prometheus.yml" in services["prometheus"]["command"]
     grafana = services["grafana"]["volumes"]
