@@ -5,17 +5,18 @@
 2. set the window's Prometheus gauges;
 3. rewrite the labelling queue (``<home>/label_queue.json``);
 4. on a ``retrain`` decision: retrain, gate and promote (:func:`tuneloop.monitoring.retrain.retrain_and_gate`)
-   under a file lock, so that a second monitor process never retrains at the same time;
+   under the store's ``retrain`` job lock (:mod:`tuneloop.state.job_lock`), so that a second monitor
+   process or a ``tuneloop retrain`` run never retrains at the same time; or, when the monitor runs
+   with ``--no-retrain`` (``ActContext.defer_retrain``), record ``retrain_due`` for ``tuneloop retrain``;
 5. append the decision to the audit table;
 6. store the window cursor, the policy state and, after a completed retrain, the feedback cursor.
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,11 +32,14 @@ from tuneloop.monitoring.signals import WindowReport
 from tuneloop.monitoring.tasks import task_policy
 from tuneloop.state.audit import AuditLog
 from tuneloop.state.home import Home
+from tuneloop.state.job_lock import job_lock
 from tuneloop.state.traffic_store import TrafficLog
 
 log = logging.getLogger(__name__)
 
-LOCK_FILE = ".retrain.lock"
+RETRAIN_LOCK = "retrain"  # the job lock's name (tuneloop.state.job_lock): one retrain per store at a time
+RETRAIN_DUE = "retrain_due"  # the audited action of a retrain decision deferred to `tuneloop retrain`
+DEFERRED = "deferred"  # its outcome label on tuneloop_monitor_retrains_total
 # The challenger's drift reference is re-baselined on the RetrainConfig.reference_rows newest unlabelled
 # rows, searched among 4x as many recent rows: enough as long as at most 3/4 of the traffic has feedback.
 RECENT_SEARCH_FACTOR = 4
@@ -49,22 +53,14 @@ AUDITED_FIGURES = frozenset({"n_labels", "accuracy", "accuracy_ci", "macro_f1", 
 
 @contextmanager
 def retrain_lock(home: Home) -> Iterator[bool]:
-    """An exclusive, non-blocking file lock on ``<home>/.retrain.lock``.
+    """The store's ``retrain`` job lock (:func:`tuneloop.state.job_lock.job_lock` on ``home.store_url``):
+    a PostgreSQL advisory lock, or a ``flock`` beside the SQLite file. Non-blocking.
 
     Yields:
         True when acquired (released on exit), False when another process holds it.
     """
-    home.root.mkdir(parents=True, exist_ok=True)
-    with open(home.root / LOCK_FILE, "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with job_lock(home.store_url, RETRAIN_LOCK) as acquired:
+        yield acquired
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,6 +73,8 @@ class ActContext:
         traffic: the traffic log (labelled feedback and recent rows for a retrain).
         audit: the audit table and state.
         metrics: the monitor's Prometheus metrics.
+        defer_retrain: on a ``retrain`` decision, record ``retrain_due`` and train nothing (``tuneloop
+            monitor --no-retrain``: ``tuneloop retrain`` serves it).
     """
 
     home: Home
@@ -84,6 +82,7 @@ class ActContext:
     traffic: TrafficLog
     audit: AuditLog
     metrics: MonitorMetrics
+    defer_retrain: bool = False
 
 
 @dataclass(frozen=True)
@@ -92,7 +91,7 @@ class RetrainResult:
 
     Attributes:
         action: ``retrain_promoted``, ``retrain_rejected``, ``retrain_busy`` (another process holds the
-            lock) or ``retrain_failed``.
+            lock), ``retrain_failed``, or ``retrain_due`` (deferred to ``tuneloop retrain``).
         reason: the decision's reason and what happened.
         outcome: ``RetrainOutcome.to_dict()`` of a completed retrain, else None.
         feedback_cursor: feedback seq of the newest label the completed retrain trained on (0 without
@@ -153,13 +152,20 @@ def refresh_label_queue(ctx: ActContext, observation: Observation) -> int:
     return len(queue)
 
 
-def run_retrain(ctx: ActContext, champion_tag: str, reason: str) -> RetrainResult:
+def run_retrain(ctx: ActContext, champion_tag: str, reason: str, lock: bool = True) -> RetrainResult:
     """Retrain on every label, gate and promote, unless another process is retraining.
 
     The challenger's drift reference is re-baselined on recent unlabelled traffic (see the constants
     above). A failed retrain is logged and answered ``retrain_failed``: the loop survives it.
+
+    Args:
+        ctx: the home, store, configuration and metrics.
+        champion_tag: the model to retrain (its training config is reused).
+        reason: why; the result's reason starts with it.
+        lock: take the store's retrain lock (:func:`retrain_lock`); False when the caller holds it
+            already (``tuneloop retrain``).
     """
-    with retrain_lock(ctx.home) as acquired:
+    with retrain_lock(ctx.home) if lock else nullcontext(True) as acquired:
         if not acquired:
             return RetrainResult("retrain_busy", reason + " Another process is retraining: skipped.")
         labelled = ctx.traffic.labelled()
@@ -205,7 +211,10 @@ def act(ctx: ActContext, observation: Observation, decision: Decision) -> Action
     ctx.metrics.observe_window(observation.report, decision, task_policy(ctx.cfg.policy, observation.task))
     queue_size = refresh_label_queue(ctx, observation) if ctx.cfg.label_queue_size else None
     retrained = None
-    if decision.action == "retrain":
+    if decision.action == "retrain" and ctx.defer_retrain:
+        ctx.metrics.retrains.labels(DEFERRED).inc()
+        retrained = RetrainResult(RETRAIN_DUE, decision.reason + " Deferred (--no-retrain): `tuneloop retrain` runs it.")
+    elif decision.action == "retrain":
         log.info("window %s: %s", observation.span.label, decision.reason)
         log.info("retraining: monitoring cycles pause until the challenger is judged")
         retrained = run_retrain(ctx, observation.champion_tag, decision.reason)

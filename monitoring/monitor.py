@@ -14,8 +14,14 @@ A cycle runs three stages, each in its own module with a typed result:
 
 ``Monitor.cycle()`` is one step and is what tests call; :func:`run_scheduler` runs it every
 ``interval_seconds`` with APScheduler (``max_instances=1``, ``coalesce``): a cycle that is still
-retraining makes the next ones skip, and a file lock (``<home>/.retrain.lock``) keeps a second
-monitor process from retraining at the same time.
+retraining makes the next ones skip, and the store's ``retrain`` job lock (a PostgreSQL advisory
+lock, or a ``flock`` beside the SQLite file: :mod:`tuneloop.state.job_lock`) keeps a second monitor
+process, or a ``tuneloop retrain`` run, from retraining at the same time.
+
+Past one machine (APScheduler cannot share its job store between processes), the monitor runs with
+``defer_retrain`` (``tuneloop monitor --no-retrain``): it observes and decides as usual, and records a
+``retrain`` decision as ``retrain_due``; ``tuneloop retrain`` (:mod:`tuneloop.monitoring.retrain_job`),
+run by an external scheduler, serves it.
 """
 
 from __future__ import annotations
@@ -56,7 +62,8 @@ MIN_MISFIRE_GRACE_SECONDS = 1  # APScheduler's misfire_grace_time must be a posi
 @dataclass
 class CycleResult:
     """What one cycle did: ``action`` (a policy action, ``skip_small_window``, or for a retrain decision
-    ``retrain_promoted``/``retrain_rejected``/``retrain_busy``/``retrain_failed``), its reason, the
+    ``retrain_promoted``/``retrain_rejected``/``retrain_busy``/``retrain_failed``, or ``retrain_due`` when
+    retraining is deferred), its reason, the
     window's seq range (for a skipped cycle: the stored cursor and the newest seq), whether the model
     is degraded, the JSON report path and the retrain outcome (``RetrainOutcome.to_dict()``) if any."""
 
@@ -90,10 +97,13 @@ class Monitor:
         home: the tuneloop home.
         cfg: the monitor configuration.
         metrics: where to export gauges (a fresh ``MonitorMetrics`` by default).
+        defer_retrain: record ``retrain_due`` instead of retraining (``--no-retrain``; ``tuneloop retrain``
+            serves it).
     """
 
-    def __init__(self, home: Home, cfg: MonitorConfig, metrics: MonitorMetrics | None = None) -> None:
-        self.home, self.cfg = home.ensure(), cfg
+    def __init__(self, home: Home, cfg: MonitorConfig, metrics: MonitorMetrics | None = None,
+                 defer_retrain: bool = False) -> None:
+        self.home, self.cfg, self.defer_retrain = home.ensure(), cfg, defer_retrain
         self.metrics = metrics or MonitorMetrics()
         self.traffic = TrafficLog(home.traffic_db_path)
         self.audit = AuditLog(home.traffic_db_path)
@@ -116,7 +126,7 @@ class Monitor:
 
     def act_context(self) -> ActContext:
         """What :func:`~tuneloop.monitoring.act.act` changes."""
-        return ActContext(self.home, self.cfg, self.traffic, self.audit, self.metrics)
+        return ActContext(self.home, self.cfg, self.traffic, self.audit, self.metrics, self.defer_retrain)
 
     def warm_up(self) -> float:
         """Load what the champion's signals need (its model, the reference sample's embeddings, the

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import tempfile
 import time
 
 import pandas as pd
@@ -28,6 +27,7 @@ import pandas as pd
 from tuneloop.training.augment import augment
 from tuneloop.training.config import TrainConfig
 from tuneloop.training.data import DataSplits
+from tuneloop.training.distributed import ddp_backend, leave_unless_main, trace_collator, trace_parameters, trainer_dir
 from tuneloop.training.train import TrainResult
 
 EVAL_SEED = 0  # the seeded test sample every fine-tune is scored on (independent of the training seed)
@@ -99,6 +99,10 @@ def fine_tune_generator(cfg: TrainConfig, splits: DataSplits, extra_train: pd.Da
         ``{"loss", "perplexity"}`` of the restored best epoch; ``extra``: ``tokens_per_second``
         (trained tokens x epochs / s), ``train_tokens``, ``base_test_metrics`` and ``samples``
         (the scored rows with base and fine-tuned replies) when ``cfg.compare_base``.
+
+    Under torchrun (:mod:`tuneloop.training.distributed`) every rank trains its share of the batches
+    (DDP); after the validation loss, ranks other than 0 exit (``SystemExit(0)``) and rank 0 alone
+    evaluates.
     """
     import torch
     from datasets import Dataset
@@ -126,7 +130,7 @@ def fine_tune_generator(cfg: TrainConfig, splits: DataSplits, extra_train: pd.Da
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, use_safetensors=True)
     model = apply_method(model, cfg)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="tuneloop-sft-") as out_dir:
+    with trainer_dir("tuneloop-sft-") as out_dir:
         args = SFTConfig(
             output_dir=out_dir, num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
             per_device_eval_batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
@@ -137,7 +141,7 @@ def fine_tune_generator(cfg: TrainConfig, splits: DataSplits, extra_train: pd.Da
             eval_strategy="epoch", save_strategy="epoch", logging_strategy="epoch", save_total_limit=1,
             load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False,
             report_to="none", disable_tqdm=not (cfg.progress and on_terminal()), use_cpu=device == "cpu",
-            bf16=device == "cuda", dataloader_num_workers=0,
+            bf16=device == "cuda", dataloader_num_workers=0, ddp_backend=ddp_backend(device),
         )
         trainer = SFTTrainer(
             model=model, args=args, processing_class=tokenizer,
@@ -149,6 +153,7 @@ def fine_tune_generator(cfg: TrainConfig, splits: DataSplits, extra_train: pd.Da
             from transformers import PrinterCallback
 
             trainer.remove_callback(PrinterCallback)
+        trainer.data_collator = trace_collator(trainer.data_collator)  # $TUNELOOP_DDP_TRACE only
         check_reply_ends_with_eos(trainer.train_dataset, tokenizer.eos_token_id)
         train_tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
         trainer.train()
@@ -156,6 +161,8 @@ def fine_tune_generator(cfg: TrainConfig, splits: DataSplits, extra_train: pd.Da
         epochs_run = float(trainer.state.epoch or 0)
         val_loss = float(trainer.evaluate()["eval_loss"])
     model = trainer.model
+    trace_parameters(model)
+    leave_unless_main()  # distributed: rank 0 alone goes on to evaluate
     if cfg.method == "lora":
         model = model.merge_and_unload()
     model = model.to(dtype=torch.bfloat16 if device == "cuda" else torch.float32).eval()

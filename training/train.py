@@ -10,7 +10,6 @@ BentoML store (``training/artifacts.py``).
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -22,6 +21,14 @@ from tuneloop.training.artifacts import reference_sample, save_result  # noqa: F
 from tuneloop.training.augment import augment
 from tuneloop.training.config import TrainConfig
 from tuneloop.training.data import DataSplits
+from tuneloop.training.distributed import (
+    ddp_backend,
+    leave_unless_main,
+    local_device,
+    trace_collator,
+    trace_parameters,
+    trainer_dir,
+)
 from tuneloop.training.evaluate import classification_metrics
 from tuneloop.training.model import build_model, default_base_model, make_optimizer  # noqa: F401  (re-exported)
 from tuneloop.training.predict import Classifier, pick_device
@@ -79,7 +86,10 @@ def fine_tune(cfg: TrainConfig, splits: DataSplits, extra_train: pd.DataFrame | 
               callbacks: list | None = None) -> TrainResult:
     """Fine-tune on ``splits.train`` (augmented as configured, + ``extra_train`` rows, columns
     text/label), early-stop on ``splits.validation`` macro F1, evaluate on ``splits.test``.
-    ``callbacks`` are extra ``TrainerCallback``s (the tuner's pruning). Nothing is saved."""
+    ``callbacks`` are extra ``TrainerCallback``s (the tuner's pruning). Nothing is saved.
+
+    Under torchrun (:mod:`tuneloop.training.distributed`) every rank trains its share of the batches
+    (DDP); afterwards ranks other than 0 exit (``SystemExit(0)``) and rank 0 alone evaluates."""
     import torch
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
 
@@ -103,9 +113,10 @@ def fine_tune(cfg: TrainConfig, splits: DataSplits, extra_train: pd.DataFrame | 
         from tuneloop.training.frozen import TopStack, collate_states, frozen_depth
 
         depth = frozen_depth(model)
-        model.to(device)
-        train_ds = _cached(model, tokenizer, train_df, label2id, cfg, depth, device)
-        val_ds = _cached(model, tokenizer, val_df, label2id, cfg, depth, device)
+        cache_device = local_device(device)  # under torchrun on GPUs: this rank's own GPU
+        model.to(cache_device)
+        train_ds = _cached(model, tokenizer, train_df, label2id, cfg, depth, cache_device)
+        val_ds = _cached(model, tokenizer, val_df, label2id, cfg, depth, cache_device)
         cache_seconds = time.perf_counter() - start
         trained, collator = TopStack(model, depth, cfg.label_smoothing), collate_states
     else:
@@ -120,7 +131,7 @@ def fine_tune(cfg: TrainConfig, splits: DataSplits, extra_train: pd.DataFrame | 
                                    labels=labels, per_class=False)
         return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
 
-    with tempfile.TemporaryDirectory(prefix="tuneloop-train-") as out_dir:
+    with trainer_dir("tuneloop-train-") as out_dir:
         args = TrainingArguments(
             output_dir=out_dir, num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
             per_device_eval_batch_size=128, learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_ratio,
@@ -130,11 +141,11 @@ def fine_tune(cfg: TrainConfig, splits: DataSplits, extra_train: pd.DataFrame | 
             load_best_model_at_end=True, metric_for_best_model="macro_f1", greater_is_better=True,
             train_sampling_strategy="group_by_length" if cfg.group_by_length else "random", report_to="none",
             disable_tqdm=not (cfg.progress and on_terminal()),  # bars redraw in place on a terminal only
-            use_cpu=device == "cpu", bf16=device == "cuda", dataloader_num_workers=0,
+            use_cpu=device == "cpu", bf16=device == "cuda", dataloader_num_workers=0, ddp_backend=ddp_backend(device),
             remove_unused_columns=False,  # the wrappers take what they need (and the loss, label smoothing included)
         )
         trainer = Trainer(model=trained, args=args, train_dataset=train_ds, eval_dataset=val_ds,
-                          data_collator=collator, compute_metrics=compute_metrics,
+                          data_collator=trace_collator(collator), compute_metrics=compute_metrics,
                           optimizers=(make_optimizer(trained, cfg), None),
                           callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience),
                                      *([ProgressLines()] if cfg.progress and not on_terminal() else []),
@@ -143,6 +154,8 @@ def fine_tune(cfg: TrainConfig, splits: DataSplits, extra_train: pd.DataFrame | 
         seconds = time.perf_counter() - start
         epochs_run = float(trainer.state.epoch or 0)
     model = trainer.model.model  # the wrapped classifier (PEFT-wrapped for lora)
+    trace_parameters(model)
+    leave_unless_main()  # distributed: rank 0 alone goes on to evaluate
     if cfg.method == "lora":
         model = model.merge_and_unload()
     model = model.to(dtype=torch.float32).eval()

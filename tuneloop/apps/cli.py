@@ -12,8 +12,9 @@ import typer
 
 from tuneloop.apps.demo_cli import demo
 from tuneloop.apps.monitor_cli import monitor
+from tuneloop.apps.retrain_cli import retrain
 from tuneloop.apps.serve_cli import serve
-from tuneloop.apps.train_cli import fields_help, train, tune
+from tuneloop.apps.train_cli import DISTRIBUTED_HELP, fields_help, train, tune
 
 app = typer.Typer(
     name="tuneloop",
@@ -35,10 +36,11 @@ def _main() -> None:
         os.environ.setdefault(var, value)
 
 
-app.command("train", epilog=fields_help())(train)
+app.command("train", epilog=DISTRIBUTED_HELP + "\n\n" + fields_help())(train)
 app.command("tune")(tune)
 app.command("serve")(serve)
 app.command("monitor")(monitor)
+app.command("retrain")(retrain)
 app.command("demo")(demo)
 
 if __name__ == "__main__":

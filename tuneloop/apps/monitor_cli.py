@@ -8,7 +8,29 @@ from pathlib import Path
 
 import typer
 
-from tuneloop.state.home import DEFAULT_HOME
+from tuneloop.state.home import DB_URL_ENV, DEFAULT_HOME
+
+DB_URL_HELP = ("Traffic store (predictions, feedback, decisions, monitor state) as a SQLAlchemy URL, e.g. "
+               "postgresql+psycopg://user:pass@host/db (default: SQLite at HOME/traffic.db).")
+
+
+def load_monitor_config(config: Path | None, raw_overrides: dict | None = None):
+    """The MonitorConfig from the YAML file ``config`` (or the defaults) with ``raw_overrides`` merged on
+    top (nested dicts merge key by key); exits with code 2 and the validation message when invalid."""
+    import yaml
+
+    from tuneloop.monitoring.monitor import MonitorConfig
+
+    def merge(base: dict, top: dict) -> dict:
+        return {**base, **{k: merge(base.get(k) or {}, v) if isinstance(v, dict) and isinstance(base.get(k) or {}, dict)
+                           else v for k, v in top.items()}}
+
+    raw = merge((yaml.safe_load(config.read_text()) or {}) if config else {}, raw_overrides or {})
+    try:
+        return MonitorConfig(**raw)
+    except ValueError as exc:
+        typer.secho(f"invalid monitor config:\n{exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
 
 
 def monitor(
@@ -23,17 +45,22 @@ def monitor(
     min_gain: float | None = typer.Option(None, help="Gate: macro-F1 gain the challenger needs (default: 0.01)."),
     metrics_port: int | None = typer.Option(None, help="Port of the monitor's /metrics on 127.0.0.1 (default: 9108); 0: off."),
     once: bool = typer.Option(False, "--once", help="Run one check and exit (for cron or a test)."),
+    no_retrain: bool = typer.Option(False, "--no-retrain", help="Observe and decide only: where the policy says "
+                                    "retrain, record the decision `retrain_due` (audited; counted as "
+                                    "tuneloop_monitor_retrains_total{outcome=\"deferred\"}) and train nothing; "
+                                    "`tuneloop retrain`, run by an external scheduler, serves it. For more than one "
+                                    "monitor, or retraining on other machines."),
+    db_url: str | None = typer.Option(None, "--db-url", envvar=DB_URL_ENV, help=DB_URL_HELP),
     verbose: bool = typer.Option(True, "--verbose/--quiet", help="Log each decision."),
 ) -> None:
     """Watch the traffic of HOME: drift report every --interval seconds; retrain, gate and promote
     when the policy says the model has degraded and enough labels came in.
 
-    Every decision goes to the `decisions` table of HOME/traffic.db with its signals and reason;
-    reports go to HOME/reports (HTML + JSON) and the Evidently workspace HOME/evidently.
+    Every decision goes to the `decisions` table of the traffic store (HOME/traffic.db, or --db-url) with
+    its signals and reason; reports go to HOME/reports (HTML + JSON) and the Evidently workspace
+    HOME/evidently. With --no-retrain it only records that a retrain is due (`tuneloop retrain` does it).
     """
-    import yaml
-
-    from tuneloop.monitoring.monitor import Monitor, MonitorConfig, run_scheduler
+    from tuneloop.monitoring.monitor import Monitor, run_scheduler
     from tuneloop.state.home import Home
     from tuneloop.state.registry import read_champion
 
@@ -41,7 +68,7 @@ def monitor(
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("apscheduler", "httpx", "alembic"):  # per-run chatter; our own log says what each cycle decided
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    raw = (yaml.safe_load(config.read_text()) or {}) if config else {}
+    raw: dict = {}
     if interval is not None:
         raw["interval_seconds"] = interval
     if metrics_port is not None:
@@ -51,18 +78,14 @@ def monitor(
         if value is not None:
             raw.setdefault("policy", {})[key] = value
     if min_gain is not None:
-        raw.setdefault("retrain", {}).setdefault("gate", {})["min_gain"] = min_gain
-    try:
-        cfg = MonitorConfig(**raw)
-    except ValueError as exc:
-        typer.secho(f"invalid monitor config:\n{exc}", fg="red", err=True)
-        raise typer.Exit(2) from exc
-    home_obj = Home(home)
+        raw["retrain"] = {"gate": {"min_gain": min_gain}}
+    cfg = load_monitor_config(config, raw)
+    home_obj = Home(home, db_url=db_url)
     if read_champion(home_obj) is None:
         typer.secho(f"error: no champion model in {home_obj.root}; run `tuneloop train --home {home_obj.root}` first",
                     fg="red", err=True)
         raise typer.Exit(1)
-    mon = Monitor(home_obj, cfg)
+    mon = Monitor(home_obj, cfg, defer_retrain=no_retrain)
     if once:
         result = mon.cycle()
         typer.echo(f"{result.action}: {result.reason}")

@@ -8,6 +8,20 @@ import typer
 
 from tuneloop.state.home import DEFAULT_HOME
 
+NPROC_HELP = ("Data-parallel training in N processes on this machine: the command re-runs itself under "
+              "`torchrun --standalone --nproc_per_node N` and the Trainer's DDP splits every epoch's batches "
+              "between them (gloo on CPU, nccl on GPUs, one GPU per process); rank 0 alone evaluates, saves the "
+              "model version and promotes. 1: one process (the default).")
+DISTRIBUTED_HELP = ("Distributed training (--nproc N): `python -m torch.distributed.run --standalone "
+                    "--nproc_per_node N -m tuneloop.apps.cli train --config <this run's config>` runs N copies of this "
+                    "command; each trains on its share of the batches and the gradients are averaged (DDP), so the model "
+                    "is the same in every process. The effective batch size is N x batch_size: lower --batch-size or "
+                    "--learning-rate to keep the one-process recipe. On CPU give each process a core (torchrun sets "
+                    "OMP_NUM_THREADS=1). For models too large for one GPU, the Hugging Face Trainer shards them with "
+                    "FSDP (TrainingArguments fsdp=\"full_shard auto_wrap\" and fsdp_config) or DeepSpeed ZeRO "
+                    "(TrainingArguments deepspeed=\"ds_config.json\", the deepspeed package installed), under this same "
+                    "launcher; tuneloop does not pass those arguments yet and they are untested here (CPU only).")
+
 HOME_OPTION = typer.Option(DEFAULT_HOME, "--home", help="Run-state folder: model store, traffic DB, reports.",
                            envvar="TUNELOOP_HOME")
 
@@ -75,6 +89,23 @@ def fields_help() -> str:
     return "Fields (--config YAML keys, or --set FIELD=VALUE):\n\n" + "\n\n".join(rows)
 
 
+def launch_train(cfg, home: Path, nproc: int) -> int:
+    """Run ``tuneloop train --config <cfg as YAML> --home home`` in ``nproc`` torchrun processes
+    (:func:`tuneloop.training.distributed.relaunch`): every rank trains with exactly the validated
+    ``cfg``. Returns torchrun's exit code."""
+    import tempfile
+
+    import yaml
+
+    from tuneloop.training.distributed import relaunch
+
+    with tempfile.TemporaryDirectory(prefix="tuneloop-launch-") as tmp:
+        path = Path(tmp) / "train.yaml"
+        path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        typer.echo(f"training in {nproc} processes (torchrun, DDP)", err=True)
+        return relaunch(["train", "--config", str(path), "--home", str(home)], nproc)
+
+
 def train(
     data: str | None = typer.Option(None, "--data", help="Folder with train.csv|jsonl|parquet (+ test.*), one file, or hf:NAME."),
     config: Path | None = typer.Option(None, "--config", exists=True, dir_okay=False,
@@ -111,6 +142,7 @@ def train(
                                    help="Set any TrainConfig field (YAML value; dotted for nested, e.g. "
                                         "augment.share=0.5, lora_target_modules=[query,value]). Repeatable; "
                                         "listed below and in the README."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help=NPROC_HELP),
     home: Path = HOME_OPTION,
 ) -> None:
     """Fine-tune a classifier (or, with --task generation, a reply generator), evaluate it on the
@@ -120,6 +152,7 @@ def train(
     """
     from tuneloop.state.home import Home
     from tuneloop.training.data import DataError
+    from tuneloop.training.distributed import is_distributed
     from tuneloop.training.train import train as run_train
 
     if prompt_column and text_column and prompt_column != text_column:
@@ -132,6 +165,8 @@ def train(
     if freeze_layers and method is None:
         overrides["method"] = "freeze"  # --freeze-layers N alone means: freeze N layers
     cfg = build_config(config, preset, overrides, set_)
+    if nproc > 1 and not is_distributed():
+        raise typer.Exit(launch_train(cfg, Home(home).ensure().root, nproc))
     try:
         result = run_train(cfg, Home(home).ensure())
     except (DataError, FileNotFoundError) as exc:
