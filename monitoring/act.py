@@ -152,7 +152,8 @@ def refresh_label_queue(ctx: ActContext, observation: Observation) -> int:
     return len(queue)
 
 
-def run_retrain(ctx: ActContext, champion_tag: str, reason: str, lock: bool = True) -> RetrainResult:
+def run_retrain(ctx: ActContext, champion_tag: str, reason: str, lock: bool = True,
+                feedback_until: int | None = None) -> RetrainResult:
     """Retrain on every label, gate and promote, unless another process is retraining.
 
     The challenger's drift reference is re-baselined on recent unlabelled traffic (see the constants
@@ -164,11 +165,15 @@ def run_retrain(ctx: ActContext, champion_tag: str, reason: str, lock: bool = Tr
         reason: why; the result's reason starts with it.
         lock: take the store's retrain lock (:func:`retrain_lock`); False when the caller holds it
             already (``tuneloop retrain``).
+        feedback_until: train on feedback rows with ``feedback_seq`` up to this only (None: all), so that
+            the processes of a distributed retrain train on the same rows while feedback keeps arriving.
     """
     with retrain_lock(ctx.home) if lock else nullcontext(True) as acquired:
         if not acquired:
             return RetrainResult("retrain_busy", reason + " Another process is retraining: skipped.")
         labelled = ctx.traffic.labelled()
+        if feedback_until is not None:
+            labelled = labelled[labelled["feedback_seq"] <= feedback_until].reset_index(drop=True)
         end = ctx.traffic.max_seq()
         size = ctx.cfg.retrain.reference_rows
         recent = ctx.traffic.read_window(max(0, end - RECENT_SEARCH_FACTOR * size), end)

@@ -19,8 +19,8 @@ A run, in order:
 With ``nproc`` > 1, step 3 runs in ``nproc`` torchrun processes (:mod:`tuneloop.training.distributed`)
 while this process keeps the lock; rank 0 of them audits, and this process reads its row back.
 
-Every row of a run carries ``signals = {"job": {...}}`` (run id, due decision id, forced, nproc), and
-the window of the decision it served.
+Every row of a run carries ``signals = {"job": {...}}`` (run id, due decision id, forced, nproc, the
+newest feedback seq it trains on), and the window of the decision it served.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tuneloop.monitoring.act import RETRAIN_DUE, ActContext, retrain_lock, run_retrain
@@ -40,6 +40,7 @@ from tuneloop.state.audit import AuditLog
 from tuneloop.state.home import Home
 from tuneloop.state.registry import require_champion
 from tuneloop.state.schema import Decision as DecisionRow
+from tuneloop.state.schema import Feedback
 from tuneloop.state.traffic_store import TrafficLog
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,12 @@ def pending_retrain(audit: AuditLog) -> DueRetrain | None:
     return DueRetrain(row.id, row.window_start_seq, row.window_end_seq, row.window_size, row.reason)
 
 
+def newest_feedback_seq(traffic: TrafficLog) -> int:
+    """The ``seq`` of the newest feedback row (0 without feedback): a run trains on feedback up to it."""
+    with traffic.engine.connect() as conn:
+        return int(conn.scalar(select(func.max(Feedback.seq))) or 0)
+
+
 def due_by_id(audit: AuditLog, decision_id: int) -> DueRetrain:
     """The ``retrain_due`` decision ``decision_id`` (0: none, a forced run).
 
@@ -130,7 +137,8 @@ def serve_due(home: Home, cfg: MonitorConfig, due: DueRetrain, job: dict) -> Job
     champion = require_champion(home).tag
     why = due.reason.split(". ")[0] if due.decision_id else "forced (--force), no retrain due"
     ctx = ActContext(home, cfg, traffic, audit, MonitorMetrics())
-    result = run_retrain(ctx, champion, f"Job for decision {due.decision_id} ({why}).", lock=False)
+    result = run_retrain(ctx, champion, f"Job for decision {due.decision_id} ({why}).", lock=False,
+                         feedback_until=job.get("feedback_seq"))
     row = record(audit, due, result.action, result.reason, champion, job, result.outcome)
     if result.action in COMPLETED:
         audit.set_state(FEEDBACK_CURSOR_KEY, result.feedback_cursor)
@@ -178,7 +186,9 @@ def run_job(home: Home, cfg: MonitorConfig, *, force: bool = False, nproc: int =
                       "served (--force retrains anyway).")
             return JobResult(SKIPPED, reason, EXIT_DONE, None, record(audit, DueRetrain(), SKIPPED, reason, champion, job))
         due = due or DueRetrain()
-        job["due_decision_id"] = due.decision_id
+        job.update(due_decision_id=due.decision_id, feedback_seq=newest_feedback_seq(traffic))
+        log.info("retraining %s for decision %d in %d process(es), feedback up to seq %d", champion,
+                 due.decision_id, nproc, job["feedback_seq"])
         if nproc <= 1:
             return serve_due(home, cfg, due, job)
         code = launch(job)

@@ -165,12 +165,12 @@ def _trace_path(kind: str) -> Path | None:
 
 
 def example_fingerprint(example: dict) -> str:
-    """A short id of one dataset item: SHA-256 (12 hex digits) of its ``input_ids`` (or, for cached
-    frozen-layer states, its ``hidden_states`` bytes)."""
-    if "input_ids" in example:
-        data = json.dumps([int(t) for t in example["input_ids"]]).encode()
+    """A short id of one dataset item: SHA-256 (12 hex digits) of its cached frozen-layer
+    ``hidden_states`` bytes when it has them (their ``input_ids`` is only a length), else of its ``input_ids``."""
+    if "hidden_states" in example:
+        data = example["hidden_states"].detach().cpu().float().numpy().tobytes()
     else:
-        data = example["hidden_states"].detach().cpu().numpy().tobytes()
+        data = json.dumps([int(t) for t in example["input_ids"]]).encode()
     return hashlib.sha256(data).hexdigest()[:12]
 
 
