@@ -46,7 +46,8 @@ def generation_reference(samples: pd.DataFrame, prompts: pd.DataFrame, size: int
     extra = pd.DataFrame({"text": rest["text"].tolist(), "reply": None, "finish_reason": None, "completion_tokens": None,
                           "mean_logprob": None,
                           "true_reply": rest.get("reply_full", rest.get("reply")).tolist() if "reply" in rest else None})
-    return pd.concat([scored, extra], ignore_index=True)
+    # records, not concat: concat of all-None columns is deprecated (pandas FutureWarning) and would change dtypes
+    return pd.DataFrame.from_records(scored.to_dict("records") + extra.to_dict("records"), columns=list(scored.columns))
 
 
 def _summary(metrics: dict | None) -> dict:
