@@ -156,12 +156,15 @@ class ChampionHolder:
         home: the tuneloop home.
         quantize: ``"auto"``, ``"none"``, ``"int8"`` or ``"bf16"``, passed to :func:`load_checked`.
         poll_seconds: how often :meth:`start_polling`'s thread re-reads the pointer.
+        worker_label: this worker's ``worker`` label on ``tuneloop_model_live`` (every worker
+            process holds and swaps its own model).
     """
 
-    def __init__(self, home: Home, quantize: str, poll_seconds: float) -> None:
+    def __init__(self, home: Home, quantize: str, poll_seconds: float, worker_label: str = "0") -> None:
         self.home = home
         self.quantize = quantize
         self.poll_seconds = poll_seconds
+        self.worker_label = worker_label
         self._live: LiveModel | None = None
         self._swap_lock = threading.Lock()  # guards the reference to the live model
         self._reload_lock = threading.Lock()  # one load at a time (poller vs /admin/reload)
@@ -226,10 +229,11 @@ class ChampionHolder:
             metrics.MODEL_SWAPS.inc()
             metrics.MODEL_LOAD_SECONDS.set(seconds)
             if live_tag is not None:
-                metrics.MODEL_LIVE.labels(tag=live_tag).set(0)
-            metrics.MODEL_LIVE.labels(tag=new.tag).set(1)
+                metrics.MODEL_LIVE.labels(tag=live_tag, worker=self.worker_label).set(0)
+            metrics.MODEL_LIVE.labels(tag=new.tag, worker=self.worker_label).set(1)
             log.info("now serving %s in %s (loaded, smoke-tested and warmed up in %.2f s; per-pass overhead "
-                     "%.0f tokens; was %s)", new.tag, new.precision, seconds, new.overhead_tokens, live_tag)
+                     "%.0f tokens; was %s; worker %s)", new.tag, new.precision, seconds, new.overhead_tokens, live_tag,
+                     self.worker_label)
             return ReloadOutcome(True, new.tag, pointer.tag)
 
     def start_polling(self) -> None:

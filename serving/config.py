@@ -50,6 +50,8 @@ ENV_VARS: dict[str, str] = {
     "gen_max_queue": "TUNELOOP_GEN_MAX_QUEUE",
     "gen_max_new_tokens": "TUNELOOP_GEN_MAX_NEW_TOKENS",
     "gen_max_chars": "TUNELOOP_GEN_MAX_CHARS",
+    "workers": "TUNELOOP_WORKERS",
+    "replica": "TUNELOOP_REPLICA",
 }
 
 
@@ -112,6 +114,14 @@ class ServeConfig(BaseModel):
         gen_max_chars: generation: the longest prompt (all chat messages together) or corrected
             reply accepted, in characters (HTTP 400 above); the model's own token limit is
             checked too.
+        workers: worker processes of the service (BentoML ``workers``), each with its own copy of
+            the model, batcher, log writer and champion poller, sharing one port (the kernel
+            spreads connections over them; ``/metrics`` sums them). 1 is the one-machine default;
+            ``benchmarks/serve_workers_bench.py`` measures 2 against 1. Read when the service
+            class is defined (BentoML needs it then).
+        replica: the name of this service replica, logged with every prediction (which replica
+            answered) beside the worker index; None: the host name. ``tuneloop serve`` passes
+            ``<host name>:<port>``, so replicas on one machine differ.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -140,6 +150,8 @@ class ServeConfig(BaseModel):
     gen_max_queue: int = Field(default=64, ge=1)
     gen_max_new_tokens: int = Field(default=512, ge=1, le=8192)
     gen_max_chars: int = Field(default=8000, ge=1)
+    workers: int = Field(default=1, ge=1, le=64)
+    replica: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@/-]+$")
 
     @model_validator(mode="after")
     def _check_bounds(self) -> ServeConfig:

@@ -4,22 +4,30 @@
 The home and the serving settings travel to the service through environment variables
 (:meth:`tuneloop.state.home.Home.env` plus ``TUNELOOP_*``, see :mod:`tuneloop.serving.config`); the command line
 only names the service and the address. The server binds 127.0.0.1 unless told otherwise.
+
+Several servers (replicas) may serve one home at once, on different ports: each gets a
+``BENTOML_HOME`` of its own on this machine (:func:`runtime_dir`), because BentoML keeps a
+server's Prometheus files there and empties them when a server starts; the model store and the
+champion pointer are read through ``TUNELOOP_HOME`` and shared.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import tuneloop
+from tuneloop.serving.config import ENV_VARS
 from tuneloop.state.home import Home
 from tuneloop.training.progress import QUIET_BARS_ENV
 
@@ -67,12 +75,26 @@ def serve_command(home: Home, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
     ]
 
 
-def serve_env(home: Home, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+def runtime_dir(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> Path:
+    """The ``BENTOML_HOME`` of the server on ``host:port``: a folder under this machine's temporary
+    directory (never a shared volume: it holds memory-mapped Prometheus files), one per address,
+    so two servers never share one while they run. Not created here."""
+    return Path(tempfile.gettempdir()) / f"tuneloop-{os.getuid()}" / f"bentoml-{host}-{port}"
+
+
+def serve_env(home: Home, overrides: Mapping[str, str] | None = None, host: str = DEFAULT_HOST,
+              port: int = DEFAULT_PORT) -> dict[str, str]:
     """The child's environment: this process's, plus ``home.env()``, plus ``overrides``.
 
-    ``PROMETHEUS_MULTIPROC_DIR`` is dropped: BentoML creates and cleans its own per server.
+    ``BENTOML_HOME`` is the server's :func:`runtime_dir` (BentoML's Prometheus files; the models
+    are read through ``TUNELOOP_HOME``), ``TUNELOOP_REPLICA`` defaults to ``<host name>:<port>``,
+    and ``PROMETHEUS_MULTIPROC_DIR`` is dropped: BentoML creates and empties its own per server.
+    ``overrides`` win over all of these.
     """
-    env = {**os.environ, **home.env(), "BENTOML_DO_NOT_TRACK": "true", **(overrides or {})}
+    env = {**os.environ, **home.env(), "BENTOML_DO_NOT_TRACK": "true",
+           "BENTOML_HOME": str(runtime_dir(host, port))}
+    env.setdefault(ENV_VARS["replica"], f"{socket.gethostname()}:{port}")
+    env.update(overrides or {})
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     return env
 
@@ -159,6 +181,81 @@ def stop_server(process: subprocess.Popen, timeout_s: float = STOP_TIMEOUT_S) ->
     return process.returncode
 
 
+def start_server(home: Home, host: str = DEFAULT_HOST, port: int | None = None,
+                 env: Mapping[str, str] | None = None) -> ServerHandle:
+    """Start ``bentoml serve`` in the background and return at once (not yet ready: see
+    :func:`wait_ready`; stop it with :func:`stop_server`). Its stdout and stderr go to
+    ``<home>/logs/serve-<port>.log`` (library progress bars off there:
+    ``tuneloop.training.progress.QUIET_BARS_ENV``).
+
+    Args:
+        home: the tuneloop home to serve.
+        host: address to bind (loopback by default).
+        port: TCP port; None picks a free one.
+        env: extra environment for the child (e.g. ``{"TUNELOOP_WORKERS": "2"}``), see :func:`serve_env`.
+
+    Raises:
+        FileNotFoundError: ``home.root`` does not exist.
+    """
+    port = port or free_port(host)
+    log_dir = home.root / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"serve-{port}.log"
+    child_env = {**QUIET_BARS_ENV, **serve_env(home, env, host, port)}
+    Path(child_env["BENTOML_HOME"]).mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(
+            serve_command(home, host, port), env=child_env, cwd=PACKAGE_PARENT,
+            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    return ServerHandle(url=f"http://{host}:{port}", process=process, log_path=log_path)
+
+
+@contextlib.contextmanager
+def running_servers(
+    home: Home, envs: list[Mapping[str, str]], host: str = DEFAULT_HOST, ready_timeout: float = 120.0,
+) -> Iterator[list[ServerHandle]]:
+    """Run one background ``bentoml serve`` per mapping in ``envs`` (replicas of one home, each on a
+    free port with its own ``BENTOML_HOME``), started together, until the ``with`` block ends.
+
+    Args:
+        home: the tuneloop home they all serve.
+        envs: each server's extra environment (e.g. ``{"TUNELOOP_REPLICA": "a", "TUNELOOP_WORKERS": "2"}``).
+        host: address to bind (loopback by default).
+        ready_timeout: seconds to wait for every server's ``/readyz``.
+
+    Yields:
+        The :class:`ServerHandle` of each, in the order of ``envs``, once all answer ``/readyz`` 200.
+
+    Raises:
+        ServerStartError: a server exited or was not ready in time (message has its log tail).
+    """
+    handles: list[ServerHandle] = []
+    try:
+        for env in envs:
+            handles.append(start_server(home, host, None, env))
+        deadline = time.monotonic() + ready_timeout
+        for handle in handles:
+            wait_ready(handle.url, handle.process, handle.log_path, max(deadline - time.monotonic(), 1.0))
+        yield handles
+    finally:
+        for handle in handles:  # SIGTERM to all first: they shut down in parallel
+            if handle.process.poll() is None:
+                handle.process.send_signal(signal.SIGTERM)
+        for handle in handles:
+            try:
+                handle.process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                kill_server(handle.process)
+            _remove_runtime_dir(handle)
+
+
+def _remove_runtime_dir(handle: ServerHandle) -> None:
+    """Delete a stopped server's default :func:`runtime_dir` (not one the caller chose)."""
+    host, _, port = handle.url.removeprefix("http://").rpartition(":")
+    shutil.rmtree(runtime_dir(host, int(port)), ignore_errors=True)
+
+
 @contextlib.contextmanager
 def running_server(
     home: Home,
@@ -167,17 +264,9 @@ def running_server(
     env: Mapping[str, str] | None = None,
     ready_timeout: float = 120.0,
 ) -> Iterator[ServerHandle]:
-    """Run the service in a background ``bentoml serve`` until the ``with`` block ends.
-
-    The child's stdout and stderr go to ``<home>/logs/serve-<port>.log`` (so library progress bars
-    are off there: ``tuneloop.training.progress.QUIET_BARS_ENV``).
-
-    Args:
-        home: the tuneloop home to serve.
-        host: address to bind (loopback by default).
-        port: TCP port; None picks a free one.
-        env: extra environment for the child (e.g. ``{"TUNELOOP_ADMIN_TOKEN": ...}``).
-        ready_timeout: seconds to wait for ``/readyz``.
+    """Run the service in a background ``bentoml serve`` until the ``with`` block ends
+    (:func:`start_server`, whose arguments these are, then :func:`wait_ready` for up to
+    ``ready_timeout`` seconds; stopped with :func:`stop_server`).
 
     Yields:
         The :class:`ServerHandle` once ``/readyz`` answers 200.
@@ -185,21 +274,13 @@ def running_server(
     Raises:
         ServerStartError: the server exited or was not ready in time (message has the log tail).
     """
-    port = port or free_port(host)
-    log_dir = home.root / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"serve-{port}.log"
-    url = f"http://{host}:{port}"
-    with open(log_path, "ab") as log_file:
-        process = subprocess.Popen(
-            serve_command(home, host, port), env={**QUIET_BARS_ENV, **serve_env(home, env)}, cwd=PACKAGE_PARENT,
-            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )
+    handle = start_server(home, host, port, env)
     try:
-        wait_ready(url, process, log_path, ready_timeout)
-        yield ServerHandle(url=url, process=process, log_path=log_path)
+        wait_ready(handle.url, handle.process, handle.log_path, ready_timeout)
+        yield handle
     finally:
-        stop_server(process)
+        stop_server(handle.process)
+        _remove_runtime_dir(handle)
 
 
 def run_foreground(home: Home, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
@@ -211,4 +292,6 @@ def run_foreground(home: Home, host: str = DEFAULT_HOST, port: int = DEFAULT_POR
         OSError: the ``bentoml`` executable could not be started.
     """
     argv = serve_command(home, host, port)
-    os.execve(argv[0], argv, serve_env(home, env))
+    child_env = serve_env(home, env, host, port)
+    Path(child_env["BENTOML_HOME"]).mkdir(parents=True, exist_ok=True)
+    os.execve(argv[0], argv, child_env)

@@ -3,10 +3,19 @@ Prometheus conventions: base units, ``_seconds``, counters ``_total``, bounded l
 the ASGI middleware that counts requests, errors, in-flight requests and latency per endpoint.
 
 Under ``bentoml serve`` every worker writes its values to ``$PROMETHEUS_MULTIPROC_DIR`` and
-BentoML's ``/metrics`` merges them with ``MultiProcessCollector``: counters and histograms are
-summed over workers; gauges say how they merge through ``multiprocess_mode`` (``mostrecent``:
-the last write of any worker wins). The objects are defined once at module level, as in BentoML's
-examples; creating them does no I/O beyond the multiprocess value files.
+BentoML's ``/metrics`` (answered by any worker) merges them with ``MultiProcessCollector``:
+counters and histograms are summed over the replica's workers. Every gauge names how it merges
+(``multiprocess_mode``; see :mod:`tuneloop.serving.multiproc` for what the mode cannot do):
+
+* ``tuneloop_requests_in_flight``, ``tuneloop_batch_queue_texts``: ``livesum``: the replica's
+  total over its running workers (a killed worker's share is dropped when its replacement starts);
+* ``tuneloop_model_live{tag, worker}``: ``livemax`` with a ``worker`` label (BentoML's worker
+  index, ``"0"`` in-process): each worker loads the champion on its own, so each says which tag
+  it serves; one process writes each series, ``max`` only drops the ``pid`` label;
+* ``tuneloop_model_load_seconds``: ``mostrecent``: the last load of any worker.
+
+The objects are defined once at module level, as in BentoML's examples; creating them does no
+I/O beyond the multiprocess value files.
 
 Latency is in seconds (Prometheus base unit) with millisecond-scale buckets starting at 1 ms.
 """
@@ -85,8 +94,8 @@ LOG_WRITE_ROWS = Histogram(
 LOG_WRITE_FAILURES = Counter("tuneloop_log_write_failures", "Traffic-log group commits that failed")
 FEEDBACK = Counter("tuneloop_feedback", "Feedback labels recorded")
 MODEL_LIVE = Gauge(
-    "tuneloop_model_live", "1 for the model tag that answers now, 0 for tags served before",
-    ["tag"], multiprocess_mode="mostrecent",
+    "tuneloop_model_live", "1 for the model tag a worker answers with now, 0 for tags it served before",
+    ["tag", "worker"], multiprocess_mode="livemax",
 )
 MODEL_SWAPS = Counter("tuneloop_model_swaps", "Models swapped in (the first load counts too)")
 SWAP_FAILURE_REASONS = ("not_found", "load", "smoke")
