@@ -40,7 +40,7 @@ from bentoml.validators import ContentType
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 from starlette.responses import JSONResponse, Response
 
-from tuneloop.serving import gen_api, metrics
+from tuneloop.serving import gen_api, metrics, multiproc
 from tuneloop.serving.answers import error, serve_generation
 from tuneloop.serving.batcher import BatchInfo, MicroBatcher, QueueFullError, QueueTimeoutError
 from tuneloop.serving.champion import ChampionHolder, LiveModel
@@ -57,6 +57,7 @@ from tuneloop.serving.middleware import (
     new_id,
 )
 from tuneloop.serving.openapi import OpenAPIMiddleware
+from tuneloop.serving.origin import Origin
 from tuneloop.serving.tasks import PendingText, WrongTaskError, serving_task, wrong_task_message
 from tuneloop.state.home import Home
 from tuneloop.state.traffic_store import RATINGS, PredictionRecord, TrafficLog, UnknownRequestError
@@ -117,7 +118,10 @@ class TextPrediction(BaseModel):
 
 @bentoml.service(
     name="tuneloop",
-    workers=1,  # the live model is per process; 2 cores are better spent on batching than on 2 copies
+    # Worker processes (TUNELOOP_WORKERS, `tuneloop serve --workers`) on one port, each with its
+    # own model copy, batcher, log writer and champion poller (serving/origin.py, multiproc.py).
+    # 1 by default, the one-machine setting; benchmarks/serve_workers_bench.py measures 2 vs 1.
+    workers=_LIMITS.workers,
     traffic={"timeout": _LIMITS.request_timeout_s},
     http={"host": "127.0.0.1", "port": 3000},  # default bind for a plain `bentoml serve`: loopback
     metrics={"enabled": _LIMITS.metrics, "duration": {"buckets": list(metrics.LATENCY_BUCKETS_S)}},
@@ -138,6 +142,8 @@ class TuneloopService:
 
         self.config = ServeConfig.from_env()
         self.home = Home(self.config.home)
+        self.origin = Origin.current(self.config.replica)  # stamped on every logged row
+        multiproc.forget_dead_workers()  # a killed predecessor's live gauges leave /metrics
         torch.set_num_threads(self.config.torch_threads)
         hf_logging.disable_progress_bar()  # no "Loading weights" bar per swap in the server log
         self.traffic: TrafficLog | None = None  # opened with the first model: no files in a wrong home
@@ -152,7 +158,8 @@ class TuneloopService:
             window_s=self.config.gen_batch_window_ms / 1000, max_queue=self.config.gen_max_queue,
             max_wait_s=self.config.max_latency_ms / 1000, on_batch=self._generation_batch_done,
         )
-        self.models = ChampionHolder(self.home, self.config.quantize, self.config.poll_seconds)
+        self.models = ChampionHolder(self.home, self.config.quantize, self.config.poll_seconds,
+                                     worker_label=self.origin.worker_label)
         self.refresh_model()
         self.models.start_polling()
 
@@ -171,7 +178,8 @@ class TuneloopService:
         outcome = self.models.refresh(force)
         if self.models.live is not None and self.traffic is None and self.config.traffic_log:
             self.traffic = TrafficLog(self.home.traffic_db_path, synchronous=self.config.log_sync)
-            self._writer = GroupCommitWriter(self.traffic.log_predictions, self._log_committed, self._log_failed)
+            self._writer = GroupCommitWriter(self.origin.stamping(self.traffic.log_predictions), self._log_committed,
+                                             self._log_failed)
         return outcome
 
     def _log_committed(self, rows: int, seconds: float) -> None:
