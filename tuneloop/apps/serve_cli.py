@@ -51,6 +51,14 @@ def serve(
         help="torch intra-op threads per forward pass (default: 1).")] = None,
     inference_workers: Annotated[int | None, typer.Option(
         help="Batches computed at once, one thread each (default: 1; 2 on a dedicated 2-core server).")] = None,
+    workers: Annotated[int | None, typer.Option(
+        envvar=ENV_VARS["workers"], show_default=False,
+        help="Worker processes on the port, each with its own copy of the model, batcher and log writer; "
+             "/metrics sums them (default: 1).")] = None,
+    replica: Annotated[str | None, typer.Option(
+        envvar=ENV_VARS["replica"], show_default=False,
+        help="This replica's name, logged with every prediction beside the worker index, for several "
+             "`tuneloop serve` sharing one home and --db-url (default: <host name>:<port>).")] = None,
     batch_window_ms: Annotated[float | None, typer.Option(
         help="How long a free inference worker waits for more texts before it starts a batch (default: 2).")] = None,
     quantize: Annotated[str | None, typer.Option(
@@ -67,14 +75,17 @@ def serve(
     /docs.json (OpenAPI). Every other setting is a TUNELOOP_* variable (README, HTTP API).
 
     The service follows the champion pointer: a model promoted while it runs is loaded,
-    smoke-tested and swapped in without a restart. Exits 1 when HOME has no champion (unless
-    --wait-for-champion), 2 on an invalid setting.
+    smoke-tested and swapped in without a restart, by every worker process (--workers) and
+    every replica (several `tuneloop serve` on other ports or hosts sharing HOME's model store
+    and one --db-url store; each logged prediction names its replica and worker). Exits 1 when
+    HOME has no champion (unless --wait-for-champion), 2 on an invalid setting.
     """
     home_obj = Home(home)
     overrides = _overrides(
         poll_seconds=poll_seconds, max_text_chars=max_text_chars, max_batch_texts=max_batch_texts,
         max_batch_size=max_batch_size, max_latency_ms=max_latency_ms, torch_threads=torch_threads,
         inference_workers=inference_workers, batch_window_ms=batch_window_ms, quantize=quantize,
+        workers=workers, replica=replica,
         admin_token=admin_token,
     )
     try:
