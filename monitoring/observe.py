@@ -157,7 +157,9 @@ def observe(ctx: ObserveContext, span: WindowSpan, champion_tag: str) -> Observa
     Raises:
         ValueError: from ``compute_signals``, e.g. a window of fewer than ``MIN_ROWS`` rows.
     """
-    window = ctx.traffic.read_window(max(span.cursor, span.end - ctx.max_window), span.end)
+    # the newest max_window rows of the span: ORDER BY seq DESC LIMIT on the primary key, however
+    # much traffic piled up (seq can have gaps on PostgreSQL, so count rows, not seq differences)
+    window = ctx.traffic.read_window(span.cursor, span.end, limit=ctx.max_window)
     view = ctx.champion.view(champion_tag)
     report = monitoring_task(view.task).window_report(
         ctx.champion.reference(champion_tag), window, ctx.drift_config, view, ctx.champion.embed_threads,
@@ -166,4 +168,4 @@ def observe(ctx: ObserveContext, span: WindowSpan, champion_tag: str) -> Observa
     return Observation(champion_tag=champion_tag, span=span, window=window, report=report,
                        policy_state=PolicyState(**ctx.audit.get_state(POLICY_STATE_KEY, {})),
                        feedback_cursor=feedback_cursor,
-                       new_labels=len(ctx.traffic.labelled(after_feedback_seq=feedback_cursor)), task=view.task)
+                       new_labels=ctx.traffic.count_labelled(after_feedback_seq=feedback_cursor), task=view.task)

@@ -199,14 +199,15 @@ def tiny_base(tmp_path) -> Path:
 
 
 @contextlib.contextmanager
-def served_tiny_champion(tmp_path_factory, name: str, env: dict[str, str], ready_timeout: float):
-    """A real ``bentoml serve`` on 127.0.0.1 over a new home whose champion is a tiny random model;
-    yields ``(home, server handle)``."""
+def served_tiny_champion(tmp_path_factory, name: str, env: dict[str, str], ready_timeout: float,
+                         db_url: str | None = None):
+    """A real ``bentoml serve`` on 127.0.0.1 over a new home whose champion is a tiny random model,
+    its traffic store at ``db_url`` (None: SQLite in the home); yields ``(home, server handle)``."""
     from tuneloop.serving.launch import running_server
     from tuneloop.state.home import Home
     from tuneloop.state.registry import promote
 
-    home = Home(tmp_path_factory.mktemp(name) / "home").ensure()
+    home = Home(tmp_path_factory.mktemp(name) / "home", db_url=db_url).ensure()
     promote(home, save_tiny_model(home), reason="first model")
     with running_server(home, env=env, ready_timeout=ready_timeout) as server:
         yield home, server
@@ -243,9 +244,10 @@ def pg_admin():
     engine.dispose()
 
 
-@pytest.fixture()
-def pg_url(pg_admin):
-    """SQLAlchemy URL of a fresh, empty PostgreSQL database, dropped after the test."""
+@contextlib.contextmanager
+def pg_database(pg_admin):
+    """A fresh, empty PostgreSQL database on the test server; yields its SQLAlchemy URL (with the
+    password) and drops it after (``WITH (FORCE)``: a killed server's connections do not block it)."""
     import uuid
 
     from sqlalchemy import text
@@ -254,9 +256,18 @@ def pg_url(pg_admin):
     name = f"tuneloop_test_{uuid.uuid4().hex[:12]}"
     with pg_admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    with pg_admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    try:
+        yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with pg_admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture()
+def pg_url(pg_admin):
+    """SQLAlchemy URL of a fresh, empty PostgreSQL database, dropped after the test."""
+    with pg_database(pg_admin) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -266,3 +277,20 @@ def store_url(request, tmp_path):
         (tmp_path / "store").mkdir(exist_ok=True)
         return f"sqlite:///{tmp_path / 'store' / 'traffic.db'}"
     return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def home_db_url(request):
+    """A home's ``db_url``, once per engine: None (the default SQLite under the home), then a fresh
+    PostgreSQL database."""
+    return None if request.param == "sqlite" else request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def module_home_db_url(request):
+    """:func:`home_db_url` for module-scoped fixtures (one server per module and engine)."""
+    if request.param == "sqlite":
+        yield None
+        return
+    with pg_database(request.getfixturevalue("pg_admin")) as url:
+        yield url

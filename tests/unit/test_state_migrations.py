@@ -1,5 +1,8 @@
 """The traffic store's schema through Alembic: a new store is at head and matches the models; an
-unversioned tuneloop 0.1 store is upgraded in place; processes opening one new store at once agree."""
+unversioned tuneloop 0.1 store is upgraded in place; processes opening one new store at the same
+instant all succeed (on PostgreSQL too, where only the advisory lock keeps two ``CREATE TABLE``
+from colliding). New stores are tested on SQLite and PostgreSQL (``store_url``); tuneloop 0.1 only
+ever made SQLite stores."""
 
 from __future__ import annotations
 
@@ -8,10 +11,10 @@ import subprocess
 import sys
 
 import pytest
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, inspect
 
 
-def test_a_new_store_is_at_head_and_matches_the_models(tmp_path):
+def test_a_new_store_is_at_head_and_matches_the_models(store_url):
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
@@ -19,7 +22,7 @@ def test_a_new_store_is_at_head_and_matches_the_models(tmp_path):
     from tuneloop.state.schema import Base
     from tuneloop.state.traffic_store import TrafficLog
 
-    log = TrafficLog(tmp_path / "traffic.db")
+    log = TrafficLog(store_url)
     assert current_revision(log.engine) == head_revision() == "0004"
     with log.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
@@ -60,14 +63,34 @@ def test_an_unversioned_store_is_upgraded_in_place(tmp_path, tables):
     assert audit.get_state("cursor") == (41 if "monitor_state" in tables else None)
 
 
-def test_processes_opening_one_new_store_at_once_agree(tmp_path):
-    path = tmp_path / "traffic.db"
-    code = ("import sys; from tuneloop.state.traffic_store import TrafficLog; from tuneloop.state.audit import AuditLog;"
-            "TrafficLog(sys.argv[1]); AuditLog(sys.argv[1]); print('ok')")
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(4)]
+# Each process imports first, then waits at a barrier (a marker file per process, all present) so
+# that all open the new store within milliseconds of each other, not one import time apart.
+OPENER = """
+import os, sys, time
+from pathlib import Path
+from tuneloop.state.audit import AuditLog
+from tuneloop.state.traffic_store import TrafficLog
+store, barrier, me, n = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+(barrier / me).touch()
+deadline = time.monotonic() + 60
+while len(list(barrier.iterdir())) < n and time.monotonic() < deadline:
+    time.sleep(0.002)
+TrafficLog(store); AuditLog(store); print('ok')
+"""
+
+
+def test_processes_opening_one_new_store_at_once_agree(tmp_path, store_url):
+    openers = 4
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    store = str(tmp_path / "traffic.db") if store_url.startswith("sqlite") else store_url  # a plain path works too
+    procs = [subprocess.Popen([sys.executable, "-c", OPENER, store, str(barrier), str(i), str(openers)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(openers)]
     results = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [0] * 4, [err[-2000:] for _, err in results]
-    engine = create_engine(f"sqlite:///{path}")
+    assert [p.returncode for p in procs] == [0] * openers, [err[-2000:] for _, err in results]
+    engine = create_engine(store_url if store_url.startswith("postgresql") else f"sqlite:///{store}")
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all() == ["0004"]
+        assert {"predictions", "feedback", "generations", "decisions", "monitor_state"} <= set(
+            inspect(conn).get_table_names())
+    engine.dispose()

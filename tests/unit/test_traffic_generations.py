@@ -1,15 +1,16 @@
 """Generations in the traffic store: a generation is a predictions row plus its generations row,
 committed together; read_window and labelled carry the reply, its token counts and the reviewer's
-corrected reply and rating; migration 0003 goes down and up again and renders for PostgreSQL."""
+corrected reply and rating; migration 0003 goes down and up again and renders for PostgreSQL. Each
+store test runs on SQLite and on PostgreSQL (``store_url``)."""
 
 from __future__ import annotations
 
 import importlib.util
 import io
 import math
-import sqlite3
 
 import pytest
+from sqlalchemy import text
 
 
 def classification(rid: str, seq_time: float = 1.0):
@@ -25,10 +26,10 @@ def generation(rid: str, reply: str = "We will refund you.", finish: str = "stop
     return PredictionRecord(rid, 2.0, f"prompt {rid}", finish, math.exp(-0.5), [], "llm:1", 30.0, "http-1", g)
 
 
-def test_generations_are_logged_with_their_prediction_and_read_back(tmp_path):
+def test_generations_are_logged_with_their_prediction_and_read_back(store_url):
     from tuneloop.state.traffic_store import GENERATION_WINDOW_COLUMNS, WINDOW_COLUMNS, TrafficLog
 
-    log = TrafficLog(tmp_path / "traffic.db")
+    log = TrafficLog(store_url)
     log.log_predictions([classification("c1"), generation("g1"), generation("g2", "cut", "length", None)])
     window = log.read_window()
     assert list(window.columns) == WINDOW_COLUMNS + ["true_label"] + GENERATION_WINDOW_COLUMNS
@@ -42,25 +43,25 @@ def test_generations_are_logged_with_their_prediction_and_read_back(tmp_path):
         "We will refund you.", "stop", 11, 6)
     assert g1["mean_logprob"] == -0.5 and g2["reply"] == "cut" and g2["finish_reason"] == "length"
     assert window[["true_label", "true_reply", "rating"]].isna().all().all()
-    with sqlite3.connect(log.db_path) as db:
-        assert db.execute("SELECT request_id, first_token_ms FROM generations ORDER BY request_id").fetchall() == [
+    with log.engine.connect() as db:
+        assert db.execute(text("SELECT request_id, first_token_ms FROM generations ORDER BY request_id")).tuples().all() == [
             ("g1", 12.5), ("g2", None)]
 
 
-def test_a_generation_and_its_prediction_commit_together(tmp_path):
+def test_a_generation_and_its_prediction_commit_together(store_url):
     from tuneloop.state.traffic_store import TrafficLog
 
-    log = TrafficLog(tmp_path / "traffic.db")
+    log = TrafficLog(store_url)
     log.log_predictions([generation("g1")])
-    with pytest.raises(sqlite3.IntegrityError):  # g1's generation row exists: the whole batch is rolled back
+    with pytest.raises(log.engine.dialect.loaded_dbapi.IntegrityError):  # g1's generation row exists: all rolled back
         log.log_predictions([classification("c9"), generation("g9"), generation("g1")])
     assert list(log.read_window()["request_id"]) == ["g1"]
 
 
-def test_generation_feedback_rating_reply_replace_and_errors(tmp_path):
+def test_generation_feedback_rating_reply_replace_and_errors(store_url):
     from tuneloop.state.traffic_store import TrafficLog, UnknownRequestError
 
-    log = TrafficLog(tmp_path / "traffic.db")
+    log = TrafficLog(store_url)
     log.log_predictions([classification("c1"), generation("g1"), generation("g2"), generation("g3")])
     log.add_feedback("c1", "top_up")
     log.add_generation_feedback("g1", rating=-1)
@@ -98,22 +99,22 @@ def _migration_0003():
     return module
 
 
-def test_migration_0003_goes_down_and_up_keeping_classification_feedback(tmp_path):
+def test_migration_0003_goes_down_and_up_keeping_classification_feedback(store_url):
     from alembic import command
 
     from tuneloop.state.migrate import alembic_config, current_revision
     from tuneloop.state.traffic_store import TrafficLog
 
-    log = TrafficLog(tmp_path / "traffic.db")
+    log = TrafficLog(store_url)
     log.log_predictions([classification("c1"), generation("g1")])
     log.add_feedback("c1", "top_up")
     log.add_generation_feedback("g1", rating=1)
     with log.engine.begin() as conn:
         command.downgrade(alembic_config(conn), "0002")
     assert current_revision(log.engine) == "0002"
-    with sqlite3.connect(log.db_path) as db:
-        assert db.execute("SELECT request_id, true_label FROM feedback").fetchall() == [("c1", "top_up")]
-    log = TrafficLog(log.db_path)  # upgrades again
+    with log.engine.connect() as db:
+        assert db.execute(text("SELECT request_id, true_label FROM feedback")).tuples().all() == [("c1", "top_up")]
+    log = TrafficLog(store_url)  # upgrades again
     assert current_revision(log.engine) == "0004"
     log.add_feedback("c1", "refund")
     assert list(log.labelled()["true_label"]) == ["refund"]

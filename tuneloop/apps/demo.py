@@ -173,6 +173,28 @@ def mark_failed(run_dir: Path, reason: str) -> Path:
     return target
 
 
+def run_home_of(home: Home, run_dir: Path) -> Home:
+    """The home of one demo run: the folder ``run_dir``, with its traffic store in ``home``'s database
+    when ``home`` names one (``--db-url``), else SQLite in ``run_dir``. Touches nothing on disk.
+
+    Raises:
+        ValueError: that database already holds traffic: a demo's windows, detection figures and
+            report start from an empty store (give each run a fresh database).
+    """
+    run_home = Home(run_dir, db_url=home.db_url)
+    if home.db_url:
+        from tuneloop.state.store_engine import describe
+        from tuneloop.state.traffic_store import TrafficLog
+
+        traffic = TrafficLog(home.db_url)
+        logged = traffic.max_seq()
+        traffic.engine.dispose()
+        if logged:
+            raise ValueError(f"the traffic store {describe(home.db_url)} already holds traffic (seq up to {logged}): "
+                             "the demo needs an empty database (create a fresh one for each run)")
+    return run_home
+
+
 def sweep_interrupted_runs(runs_dir: Path) -> list[Path]:
     """Mark as failed the run folders of demos that died without a report (killed, machine lost).
 
@@ -210,7 +232,7 @@ def run_demo(cfg: DemoConfig, home: Home) -> tuple[dict, Path]:
     for swept in sweep_interrupted_runs(home.runs_dir):
         log.warning("an earlier demo run was interrupted: moved to %s", swept)
     run_dir = home.runs_dir / time.strftime("demo-%Y%m%d-%H%M%S")
-    run_home = Home(run_dir).ensure()
+    run_home = run_home_of(home, run_dir).ensure()
     (run_dir / PID_FILE).write_text(str(os.getpid()))
     stage = ["writing the training data"]
     try:

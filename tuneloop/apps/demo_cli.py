@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from tuneloop.state.home import DEFAULT_HOME
+from tuneloop.state.home import DB_URL_ENV, DB_URL_HELP, DEFAULT_HOME
 
 
 def _fmt(value) -> str:
@@ -95,6 +95,8 @@ def demo(
     seed: int = typer.Option(0, help="Seed of intents, pools, queries, typos and feedback."),
     home: Path = typer.Option(DEFAULT_HOME, "--home", envvar="TUNELOOP_HOME",
                               help="Run-state folder; the demo runs in <home>/runs/demo-<time>/."),
+    db_url: str | None = typer.Option(None, "--db-url", envvar=DB_URL_ENV, show_default=False,
+                                      help=DB_URL_HELP + " With a database the run needs it empty."),
     verbose: bool = typer.Option(False, "--verbose", help="Log progress of every stage."),
 ) -> None:
     """Run the whole loop on Banking77: train, serve, replay traffic, drift, retrain, gate, hot-swap.
@@ -120,7 +122,7 @@ def demo(
 
         try:
             report, run_dir = run_gen_demo(GenDemoConfig(data=data, quick=quick, feedback_share=feedback_share,
-                                                         seed=seed), Home(home))
+                                                         seed=seed), Home(home, db_url=db_url or None))
         except (ValidationError, DataError, ValueError, KeyError) as exc:
             typer.secho(f"error: {exc}", fg="red", err=True)
             raise typer.Exit(2) from exc
@@ -134,7 +136,7 @@ def demo(
     try:
         cfg = DemoConfig(data=data, quick=quick, scarce_intents=scarce_intents, scarce_examples=scarce_examples,
                          feedback_share=feedback_share, seed=seed)
-        report, run_dir = run_demo(cfg, Home(home))
+        report, run_dir = run_demo(cfg, Home(home, db_url=db_url or None))
     except (ValidationError, DataError, ValueError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from exc

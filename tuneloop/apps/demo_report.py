@@ -40,9 +40,9 @@ def _initial_metrics(initial, pools: DemoPools, test_df: pd.DataFrame) -> dict:
 def decision_timeline(run_home: Home, out: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(traffic, decisions) of a demo run; each decision gets ``end_index`` and ``end_phase``, the
     replayed request (index in sending order, phase) that closed its window. Shared by both demos."""
-    traffic = TrafficLog(run_home.traffic_db_path).read_window(0)
+    traffic = TrafficLog(run_home.store_url).read_window(0)
     seq_to_index = dict(zip(traffic["seq"], traffic["request_id"].map(dict(zip(out["request_id"], out["index"])))))
-    decisions = AuditLog(run_home.traffic_db_path).decisions()
+    decisions = AuditLog(run_home.store_url).decisions()
     if len(decisions):
         decisions["end_index"] = decisions["window_end_seq"].map(seq_to_index)
         decisions["end_phase"] = decisions["end_index"].map(dict(zip(out["index"], out["phase"])))

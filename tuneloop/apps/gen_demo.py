@@ -33,7 +33,15 @@ import httpx
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from tuneloop.apps.demo import PID_FILE, DemoFailed, _retraining, mark_failed, monitor_process, sweep_interrupted_runs
+from tuneloop.apps.demo import (
+    PID_FILE,
+    DemoFailed,
+    _retraining,
+    mark_failed,
+    monitor_process,
+    run_home_of,
+    sweep_interrupted_runs,
+)
 from tuneloop.serving.launch import running_server
 from tuneloop.state.home import Home
 from tuneloop.training.augment import keyboard_typos
@@ -216,7 +224,7 @@ def run_gen_demo(cfg: GenDemoConfig, home: Home) -> tuple[dict, Path]:
     for swept in sweep_interrupted_runs(home.runs_dir):
         log.warning("an earlier demo run was interrupted: moved to %s", swept)
     run_dir = home.runs_dir / time.strftime("demo-generation-%Y%m%d-%H%M%S")
-    run_home = Home(run_dir).ensure()
+    run_home = run_home_of(home, run_dir).ensure()
     (run_dir / PID_FILE).write_text(str(os.getpid()))
     stage = ["writing the training data"]
     try:

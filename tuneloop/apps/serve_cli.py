@@ -14,8 +14,9 @@ import typer
 
 from tuneloop.serving.config import ENV_VARS, ServeConfig
 from tuneloop.serving.launch import DEFAULT_HOST, DEFAULT_PORT, run_foreground
-from tuneloop.state.home import DEFAULT_HOME, HOME_ENV, Home
+from tuneloop.state.home import DB_URL_ENV, DB_URL_HELP, DEFAULT_HOME, HOME_ENV, Home
 from tuneloop.state.registry import read_champion
+from tuneloop.state.store_engine import describe
 
 app = typer.Typer(help="Serve the champion model over HTTP (BentoML).", no_args_is_help=True)
 
@@ -64,6 +65,7 @@ def serve(
     quantize: Annotated[str | None, typer.Option(
         help="auto (int8 when the model was trained for it and no GPU), none, int8, or bf16 (CPUs with "
              "AVX512-BF16/AMX) (default: auto).")] = None,
+    db_url: Annotated[str | None, typer.Option(envvar=DB_URL_ENV, show_default=False, help=DB_URL_HELP)] = None,
     wait_for_champion: Annotated[bool, typer.Option(
         "--wait-for-champion", help="Start even if no model was promoted yet: the service stays "
         "unready (/readyz 503) until one is, then loads it.")] = False,
@@ -80,7 +82,7 @@ def serve(
     and one --db-url store; each logged prediction names its replica and worker). Exits 1 when
     HOME has no champion (unless --wait-for-champion), 2 on an invalid setting.
     """
-    home_obj = Home(home)
+    home_obj = Home(home, db_url=db_url or None)
     overrides = _overrides(
         poll_seconds=poll_seconds, max_text_chars=max_text_chars, max_batch_texts=max_batch_texts,
         max_batch_size=max_batch_size, max_latency_ms=max_latency_ms, torch_threads=torch_threads,
@@ -101,8 +103,8 @@ def serve(
         typer.echo(f"error: no champion model in {home_obj.root}: train and promote one first "
                    f"(`tuneloop train --home {home_obj.root} ...`), or pass --wait-for-champion", err=True)
         raise typer.Exit(code=1)
-    typer.echo(f"serving {home_obj.root} on http://{host}:{port} (admin endpoints "
-               f"{'enabled' if admin_token else 'disabled'})", err=True)
+    typer.echo(f"serving {home_obj.root} on http://{host}:{port} (traffic store {describe(home_obj.store_url)}, "
+               f"admin endpoints {'enabled' if admin_token else 'disabled'})", err=True)
     run_foreground(home_obj, host, port, env=overrides)
 
 

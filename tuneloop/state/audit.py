@@ -15,21 +15,29 @@ from typing import Any
 
 import pandas as pd
 from sqlalchemy import select
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
 from tuneloop.state.migrate import upgrade
 from tuneloop.state.schema import Decision as DecisionRow
 from tuneloop.state.schema import MonitorState as StateRow
-from tuneloop.state.traffic_store import make_engine
+from tuneloop.state.store_engine import make_engine, upsert
 
 
 class AuditLog:
-    """Write decisions and read/write monitor state. ``db_path`` is the home's traffic DB."""
+    """Write decisions and read/write monitor state in the home's traffic store.
 
-    def __init__(self, db_path: Path) -> None:
-        self.engine = make_engine(Path(db_path))
-        upgrade(self.engine, Path(db_path))
+    Args:
+        store: the store's SQLAlchemy URL (``sqlite:///...``, ``postgresql+psycopg://...``) or the
+            path of its SQLite file; migrated to the newest schema on open.
+
+    Raises:
+        sqlalchemy.exc.OperationalError: the database cannot be reached.
+    """
+
+    def __init__(self, store: str | Path | URL) -> None:
+        self.engine = make_engine(store)
+        upgrade(self.engine)
 
     def record(self, *, window_start_seq: int, window_end_seq: int, window_size: int, signals: dict,
                degraded: bool, decision: str, reason: str, champion_tag: str, challenger_tag: str | None = None,
@@ -64,7 +72,6 @@ class AuditLog:
 
     def set_state(self, key: str, value: Any) -> None:
         """Store ``value`` (JSON-able) under ``key``, replacing any earlier value."""
-        stmt = sqlite_insert(StateRow).values(key=key, value=json.dumps(value))
-        stmt = stmt.on_conflict_do_update(index_elements=[StateRow.key], set_={"value": stmt.excluded.value})
+        stmt = upsert(self.engine, StateRow, {"key": key, "value": json.dumps(value)}, ["key"], ["value"])
         with Session(self.engine) as session, session.begin():
             session.execute(stmt)

@@ -21,6 +21,12 @@ from pathlib import Path
 DEFAULT_HOME = Path(".tuneloop")
 HOME_ENV = "TUNELOOP_HOME"
 DB_URL_ENV = "TUNELOOP_DB_URL"
+DB_URL_HELP = (  # the --db-url option's help, the same in every command that opens the traffic store
+    "Traffic store (predictions, feedback, monitor decisions and state) as a SQLAlchemy URL. Default: "
+    "SQLite at <home>/traffic.db (one machine). For several replicas or hosts: PostgreSQL, "
+    "postgresql+psycopg://user:password@host:5432/dbname. Prefer the TUNELOOP_DB_URL variable: a "
+    "password on the command line shows in `ps`; logs print the URL with the password masked."
+)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,11 @@
 """Bring a traffic store to the newest schema with Alembic, safely from many processes at once.
 
 :func:`upgrade` runs every time a store is opened (the service, the monitor, a CLI command): on a
-current store it only reads ``alembic_version``. A store made before migrations existed (tuneloop
+current store it only reads ``alembic_version``. Processes opening a new store at once (the
+service's workers, replicas, the monitor) take turns: on SQLite an ``flock`` on a file beside the
+database, on PostgreSQL a transaction-scoped advisory lock (``pg_advisory_xact_lock``). PostgreSQL's
+own DDL locking is not enough: two transactions that both find no ``predictions`` table both run
+``CREATE TABLE``, and the second fails on a duplicate catalog row instead of waiting. A store made before migrations existed (tuneloop
 0.1 created its tables directly) has some or all tables but no ``alembic_version``: the first
 migrations create only what is missing, so such a store is upgraded in place and no row is touched. Writing a new migration:
 ``alembic -c tuneloop/state/alembic.ini revision -m "what changes"`` (see that file).
@@ -12,6 +16,8 @@ from __future__ import annotations
 import fcntl
 from contextlib import contextmanager
 from pathlib import Path
+
+from tuneloop.state.store_engine import MIGRATION_LOCK_KEY, advisory_xact_lock, sqlite_file
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 HEAD = "head"
@@ -60,21 +66,34 @@ def head_revision() -> str:
 
 
 def upgrade(engine, db_path: Path | None = None) -> str:
-    """Migrate the store behind ``engine`` to the newest revision (idempotent).
+    """Migrate the store behind ``engine`` to the newest revision (idempotent, safe from many
+    processes at once: see the module docstring).
 
     Args:
-        engine: a SQLAlchemy engine on the store.
-        db_path: the SQLite file, for the cross-process lock (None for a server database, whose
-            own DDL locking serialises concurrent migrations).
+        engine: a SQLAlchemy engine on the store (SQLite or PostgreSQL).
+        db_path: the SQLite file to lock beside (default: the engine's own file; unused on PostgreSQL).
 
     Returns:
         The revision the store is at afterwards.
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: the store cannot be reached or a migration failed (on
+            PostgreSQL the whole upgrade is one transaction and is rolled back).
     """
     from alembic import command
+    from alembic.runtime.migration import MigrationContext
 
-    with _file_lock(db_path):
-        if current_revision(engine) == head_revision():
-            return head_revision()
-        with engine.begin() as conn:
-            command.upgrade(alembic_config(conn), HEAD)
+    head = head_revision()
+    if current_revision(engine) == head:
+        return head
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:  # DDL is transactional: all revisions or none
+            advisory_xact_lock(conn, MIGRATION_LOCK_KEY)
+            if MigrationContext.configure(conn).get_current_revision() != head:  # not done while we waited
+                command.upgrade(alembic_config(conn), HEAD)
+    else:
+        with _file_lock(db_path or sqlite_file(engine.url)):
+            if current_revision(engine) != head:
+                with engine.begin() as conn:
+                    command.upgrade(alembic_config(conn), HEAD)
     return current_revision(engine)

@@ -1,142 +1,121 @@
 """The traffic store: every prediction and every feedback, durably, through SQLAlchemy.
 
-One SQLite file, ``<home>/traffic.db``, in WAL mode so the service writes while the monitor reads.
-Its tables (:mod:`tuneloop.state.schema`) are created and kept current by Alembic migrations
-(:mod:`tuneloop.state.migrate`) when a handle opens it. The service commits a request's
-predictions before it sends the answer (group commit, see :mod:`tuneloop.serving.log_writer`): an
-acknowledged request is in the log. With ``synchronous=NORMAL`` (the default) a commit survives a
-killed process (``kill -9``: the WAL is in the OS page cache); only an OS crash or power loss can
-drop the last commits. ``synchronous=FULL`` (``TUNELOOP_LOG_SYNC=full``) closes that gap with an
-fsync per commit.
+One store per home, named by a URL (:mod:`tuneloop.state.store_engine`): SQLite by default
+(``<home>/traffic.db``, WAL mode, so the service writes while the monitor reads; every process on
+one host), or PostgreSQL (``--db-url`` / ``$TUNELOOP_DB_URL``; replicas and monitors on many
+hosts). Its tables (:mod:`tuneloop.state.schema`) are created and kept current by Alembic
+migrations (:mod:`tuneloop.state.migrate`) when a handle opens it.
+
+Durability. The service commits a request's predictions before it sends the answer (group commit,
+see :mod:`tuneloop.serving.log_writer`): an acknowledged request is in the log. SQLite with
+``synchronous=NORMAL`` (the default): a commit survives a killed process (``kill -9``: the WAL is in
+the OS page cache); only an OS crash or power loss can drop the last commits, which
+``synchronous=FULL`` (``TUNELOOP_LOG_SYNC=full``) closes with an fsync per commit. PostgreSQL
+(``synchronous_commit=on``): a commit returns once the server has flushed its WAL to disk.
+
+Order. ``seq`` orders rows as they became visible, so a reader that has seen row N has seen every
+row below it (the monitor's window cursor never skips a row that committed late): SQLite has one
+writer at a time; on PostgreSQL, where sequence values are handed out before commit, writers of
+``predictions`` (and of ``feedback``) take a transaction-scoped advisory lock for their insert and
+commit. Rows of a rolled-back transaction leave gaps in ``seq``: count rows, not seq differences.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import create_engine, event, func, select
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Select, func, select
+from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
 from tuneloop.state.migrate import upgrade
 from tuneloop.state.schema import Feedback, Generation, Prediction
+from tuneloop.state.store_engine import (
+    ADVISORY_XACT_LOCK_SQL,
+    FEEDBACK_APPEND_LOCK_KEY,
+    PREDICTIONS_APPEND_LOCK_KEY,
+    advisory_xact_lock,
+    describe,
+    make_engine,
+    placeholders,
+    sqlite_file,
+    upsert,
+    without_nul,
+)
+from tuneloop.state.traffic_records import (
+    RATINGS,
+    GenerationRecord,
+    PredictionRecord,
+    UnknownRequestError,
+)
 
 if TYPE_CHECKING:
     import pandas as pd  # imported where used: the serving worker never needs it (0.4 s of start-up)
 
+__all__ = ["GENERATION_WINDOW_COLUMNS", "LABELLED_COLUMNS", "RATINGS", "WINDOW_COLUMNS", "GenerationRecord",
+           "PredictionRecord", "TrafficLog", "UnknownRequestError", "make_engine"]
 
-class UnknownRequestError(KeyError):
-    """Feedback names a request id that is not in the log."""
-
-
-RATINGS = {"good": 1, "bad": -1}  # feedback.rating values
-
-
-@dataclass(frozen=True)
-class GenerationRecord:
-    """What a generation answered (its ``generations`` row).
-
-    Attributes:
-        reply: the generated reply.
-        finish_reason: ``"stop"`` or ``"length"``.
-        prompt_tokens: tokens of the prompt after the chat template (>= 0).
-        completion_tokens: tokens generated (>= 0).
-        mean_logprob: mean natural-log probability of the generated tokens (<= 0; 0 when none).
-        first_token_ms: request arrival to its first generated token, ms (None: no token).
-    """
-
-    reply: str
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-    mean_logprob: float
-    first_token_ms: float | None = None
-
-
-@dataclass(frozen=True)
-class PredictionRecord:
-    """One logged prediction. ``top3`` is ``[(label, probability), ...]``, best first.
-
-    A generation is a prediction too: ``text`` is its prompt (the last user message of a chat),
-    ``label`` its finish reason, ``confidence`` ``exp(mean_logprob)``, ``top3`` empty, and
-    ``generation`` holds the reply (written to ``generations`` in the same transaction).
-    ``replica`` names the service replica that answered (e.g. ``host:port`` or a pod name) and
-    ``worker`` its worker process index (0-based); None where not known.
-    """
-
-    request_id: str
-    created_at: float
-    text: str
-    label: str
-    confidence: float
-    top3: list[tuple[str, float]]
-    model_tag: str
-    latency_ms: float
-    http_request_id: str | None = None
-    generation: GenerationRecord | None = None
-    replica: str | None = None
-    worker: int | None = None
-
-
-_INSERT_PREDICTIONS = (
-    "INSERT INTO predictions (request_id, created_at, text, label, confidence, top3, model_tag, latency_ms, "
-    "http_request_id, replica, worker) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_GENERATIONS = (
-    "INSERT INTO generations (request_id, reply, finish_reason, prompt_tokens, completion_tokens, mean_logprob, "
-    "first_token_ms) VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
+_PREDICTION_COLUMNS = ("request_id", "created_at", "text", "label", "confidence", "top3", "model_tag", "latency_ms",
+                       "http_request_id", "replica", "worker")
+_GENERATION_COLUMNS = ("request_id", "reply", "finish_reason", "prompt_tokens", "completion_tokens", "mean_logprob",
+                       "first_token_ms")
 # read_window's columns: the prediction's, its feedback label, then the generation's and its feedback's
 WINDOW_COLUMNS = ["seq", "request_id", "created_at", "text", "label", "confidence", "top3", "model_tag", "latency_ms",
                   "replica", "worker"]
 GENERATION_WINDOW_COLUMNS = ["reply", "finish_reason", "prompt_tokens", "completion_tokens", "mean_logprob",
                              "true_reply", "rating"]
-
-
-def make_engine(db_path: Path, synchronous: str = "NORMAL"):
-    """A SQLAlchemy engine on ``db_path`` with WAL, the given ``synchronous`` level
-    (``NORMAL`` or ``FULL``) and a 30 s busy timeout."""
-    if synchronous.upper() not in ("NORMAL", "FULL"):
-        raise ValueError(f"synchronous={synchronous!r}: use NORMAL or FULL")
-    db_path = Path(db_path)
-    db_path.parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(f"sqlite:///{db_path}", connect_args={"timeout": 30, "check_same_thread": False})
-
-    @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn, _record) -> None:  # every pooled connection
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        cur.execute("PRAGMA busy_timeout=30000")
-        cur.close()
-
-    return engine
+LABELLED_COLUMNS = ["feedback_seq", "request_id", "text", "label", "true_label", "confidence", "seq", "true_reply",
+                    "rating", "reply"]
 
 
 class TrafficLog:
-    """Read and write the traffic database. Thread-safe (one short session per call).
+    """Read and write the traffic store. Thread-safe (one short transaction per call).
 
     Args:
-        db_path: the SQLite file; created when missing, migrated to the newest schema on open.
-        synchronous: SQLite ``synchronous`` level of this handle's commits (``NORMAL``, ``FULL``).
+        store: the store: a SQLAlchemy URL (``sqlite:///...``, ``postgresql+psycopg://...``) or the
+            path of a SQLite file (created when missing). Migrated to the newest schema on open.
+        synchronous: durability of this handle's commits on SQLite (``NORMAL``, ``FULL``); on
+            PostgreSQL every commit is flushed (``synchronous_commit=on``).
+
+    Attributes:
+        engine: the SQLAlchemy engine.
+        db_path: the SQLite file, or None on PostgreSQL.
+
+    Raises:
+        ValueError: an unknown ``synchronous`` level or an unsupported engine.
+        sqlalchemy.exc.OperationalError: the database cannot be reached.
     """
 
-    def __init__(self, db_path: Path, synchronous: str = "NORMAL") -> None:
-        self.db_path = Path(db_path)
-        self.engine = make_engine(self.db_path, synchronous)
-        upgrade(self.engine, self.db_path)
+    def __init__(self, store: str | Path | URL, synchronous: str = "NORMAL") -> None:
+        self.engine = make_engine(store, synchronous)
+        self.db_path = sqlite_file(self.engine.url)
+        self._postgres = self.engine.dialect.name == "postgresql"
+        upgrade(self.engine)
+        self._insert_predictions = (f"INSERT INTO predictions ({', '.join(_PREDICTION_COLUMNS)}) "
+                                    f"VALUES ({placeholders(self.engine, len(_PREDICTION_COLUMNS))})")
+        self._insert_generations = (f"INSERT INTO generations ({', '.join(_GENERATION_COLUMNS)}) "
+                                    f"VALUES ({placeholders(self.engine, len(_GENERATION_COLUMNS))})")
+
+    def __repr__(self) -> str:
+        return f"TrafficLog({describe(self.engine.url)})"
 
     def log_predictions(self, records: list[PredictionRecord]) -> None:
         """Insert a batch of predictions (and the ``generations`` rows of those that carry a
-        :class:`GenerationRecord`) in one committed transaction.
+        :class:`GenerationRecord`) in one transaction, committed (durably, see the module
+        docstring) before this returns.
 
         Straight through the DB-API connection (one ``executemany`` per table, one commit): the
         service's log writer runs this next to the inference threads, and every step in Python is
-        a wait for the GIL; SQLAlchemy's statement machinery took twice the CPU (measured).
+        a wait for the GIL; on SQLite SQLAlchemy's statement machinery took twice the CPU
+        (measured). On PostgreSQL psycopg's ``executemany`` pipelines the rows in one round trip;
+        NUL characters in texts are replaced by U+FFFD there (PostgreSQL text cannot hold them).
+
+        Raises:
+            sqlalchemy's DB-API errors (e.g. ``sqlite3.IntegrityError``, ``psycopg.errors.UniqueViolation``
+            for a request id already logged): nothing of the batch was written.
         """
         if not records:
             return
@@ -154,15 +133,26 @@ class TrafficLog:
         conn = self.engine.raw_connection()
         try:
             cursor = conn.cursor()
-            cursor.executemany(_INSERT_PREDICTIONS, rows)
+            if self._postgres:
+                rows, generations = [without_nul(r) for r in rows], [without_nul(g) for g in generations]
+                cursor.execute(ADVISORY_XACT_LOCK_SQL, (PREDICTIONS_APPEND_LOCK_KEY,))
+            cursor.executemany(self._insert_predictions, rows)
             if generations:
-                cursor.executemany(_INSERT_GENERATIONS, generations)
+                cursor.executemany(self._insert_generations, generations)
             conn.commit()
         except BaseException:
             conn.rollback()
             raise
         finally:
             conn.close()  # back to the pool
+
+    def _upsert_feedback(self, session: Session, request_id: str, values: dict) -> None:
+        """Insert or replace the feedback of ``request_id`` (under the feedback append lock)."""
+        if self._postgres:
+            values = dict(zip(values, without_nul(tuple(values.values()))))
+        advisory_xact_lock(session, FEEDBACK_APPEND_LOCK_KEY)
+        session.execute(upsert(self.engine, Feedback, {"request_id": request_id, **values}, ["request_id"],
+                               list(values)))
 
     def add_feedback(self, request_id: str, true_label: str) -> None:
         """Record the true label of a logged request (a later call for the same id replaces it).
@@ -174,12 +164,7 @@ class TrafficLog:
             known = session.scalar(select(Prediction.seq).where(Prediction.request_id == request_id))
             if known is None:
                 raise UnknownRequestError(request_id)
-            stmt = sqlite_insert(Feedback).values(request_id=request_id, true_label=true_label, created_at=time.time())
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[Feedback.request_id],
-                set_={"true_label": stmt.excluded.true_label, "created_at": stmt.excluded.created_at},
-            )
-            session.execute(stmt)
+            self._upsert_feedback(session, request_id, {"true_label": true_label, "created_at": time.time()})
 
     def add_generation_feedback(self, request_id: str, reply: str | None = None, rating: int | None = None) -> None:
         """Record a reviewer's corrected reply and/or rating of a logged generation. A later call for
@@ -204,62 +189,92 @@ class TrafficLog:
             known = session.scalar(select(Generation.request_id).where(Generation.request_id == request_id))
             if known is None:
                 raise UnknownRequestError(request_id)
-            values = {"true_label": None, "reply": reply, "rating": rating, "created_at": time.time()}
-            stmt = sqlite_insert(Feedback).values(request_id=request_id, **values)
-            stmt = stmt.on_conflict_do_update(index_elements=[Feedback.request_id],
-                                              set_={k: getattr(stmt.excluded, k) for k in values})
-            session.execute(stmt)
+            self._upsert_feedback(session, request_id,
+                                  {"true_label": None, "reply": reply, "rating": rating, "created_at": time.time()})
 
     def max_seq(self) -> int:
-        """The newest prediction's ``seq`` (0 when the log is empty)."""
-        with Session(self.engine) as session:
-            return int(session.scalar(select(func.max(Prediction.seq))) or 0)
+        """The newest prediction's ``seq`` (0 when the log is empty); one primary-key index lookup."""
+        with self.engine.connect() as conn:
+            return int(conn.scalar(select(func.max(Prediction.seq))) or 0)
 
     def count_predictions(self) -> int:
-        """How many predictions the log holds."""
-        with Session(self.engine) as session:
-            return int(session.scalar(select(func.count()).select_from(Prediction)) or 0)
+        """How many predictions the log holds (counts the whole table: for tests and reports, not
+        for a monitoring cycle)."""
+        with self.engine.connect() as conn:
+            return int(conn.scalar(select(func.count()).select_from(Prediction)) or 0)
 
-    def read_window(self, after_seq: int = 0, until_seq: int | None = None) -> pd.DataFrame:
+    def read_window(self, after_seq: int = 0, until_seq: int | None = None, limit: int | None = None) -> pd.DataFrame:
         """Predictions with ``after_seq < seq <= until_seq``, joined with their feedback and, for
-        generations, their reply.
+        generations, their reply; with ``limit``, only the newest ``limit`` of them.
+
+        The rows are found through the primary key (a range scan on ``seq``; with ``limit``
+        ``ORDER BY seq DESC LIMIT``, which reads ``limit`` rows however large the span), their
+        feedback and generation rows through the unique ``request_id`` indexes.
+
+        Args:
+            after_seq: exclusive lower bound of ``seq``.
+            until_seq: inclusive upper bound (None: up to the newest row).
+            limit: at most this many rows, the newest of the span (None: all of them).
 
         Returns:
             DataFrame, one row per prediction in ``seq`` order, columns ``seq, request_id,
             created_at, text, label, confidence, top3 (JSON str), model_tag, latency_ms, replica,
-            worker`` (None where not recorded), ``true_label`` (None where no feedback came), then the generation columns ``reply,
-            finish_reason, prompt_tokens, completion_tokens, mean_logprob`` (None for a
-            classification row) and its feedback ``true_reply`` (a corrected reply) and
-            ``rating`` (+1 good, -1 bad; None where none came). Integer columns that hold a None
-            are float (pandas), so test them with ``isna()``.
+            worker`` (None where not recorded), ``true_label`` (None where no feedback came), then
+            the generation columns ``reply, finish_reason, prompt_tokens, completion_tokens,
+            mean_logprob`` (None for a classification row) and its feedback ``true_reply`` (a
+            corrected reply) and ``rating`` (+1 good, -1 bad; None where none came). Integer
+            columns that hold a None are float (pandas), so test them with ``isna()``.
+
+        Raises:
+            ValueError: ``limit`` < 1.
         """
-        stmt = (
-            select(Prediction, Feedback.true_label, Generation.reply, Generation.finish_reason,
-                   Generation.prompt_tokens, Generation.completion_tokens, Generation.mean_logprob,
-                   Feedback.reply, Feedback.rating)
-            .outerjoin(Feedback, Feedback.request_id == Prediction.request_id)
-            .outerjoin(Generation, Generation.request_id == Prediction.request_id)
-            .where(Prediction.seq > after_seq)
-            .order_by(Prediction.seq)
-        )
-        if until_seq is not None:
-            stmt = stmt.where(Prediction.seq <= until_seq)
-        with Session(self.engine) as session:
-            rows = [[getattr(row[0], c) for c in WINDOW_COLUMNS] + list(row[1:]) for row in session.execute(stmt).all()]
+        stmt = self.window_query(after_seq, until_seq, limit)
+        with self.engine.connect() as conn:
+            rows = [tuple(row) for row in conn.execute(stmt)]
+        if limit is not None:
+            rows.reverse()
         import pandas as pd
 
         return pd.DataFrame(rows, columns=WINDOW_COLUMNS + ["true_label"] + GENERATION_WINDOW_COLUMNS)
 
-    def labelled(self, after_feedback_seq: int = 0) -> pd.DataFrame:
-        """Every prediction that has feedback with ``feedback.seq > after_feedback_seq``: a true
-        label, or (generations) a corrected reply and/or a rating.
+    @staticmethod
+    def window_query(after_seq: int = 0, until_seq: int | None = None, limit: int | None = None) -> Select:
+        """The SELECT :meth:`read_window` runs (for ``EXPLAIN``; its rows are newest first when
+        ``limit`` is given). Arguments as there.
+
+        Raises:
+            ValueError: ``limit`` < 1.
+        """
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be >= 1, not {limit}")
+        stmt = (
+            select(*(Prediction.__table__.c[c] for c in WINDOW_COLUMNS), Feedback.true_label, Generation.reply,
+                   Generation.finish_reason, Generation.prompt_tokens, Generation.completion_tokens,
+                   Generation.mean_logprob, Feedback.reply, Feedback.rating)
+            .outerjoin(Feedback, Feedback.request_id == Prediction.request_id)
+            .outerjoin(Generation, Generation.request_id == Prediction.request_id)
+            .where(Prediction.seq > after_seq)
+        )
+        if until_seq is not None:
+            stmt = stmt.where(Prediction.seq <= until_seq)
+        return stmt.order_by(Prediction.seq) if limit is None else stmt.order_by(Prediction.seq.desc()).limit(limit)
+
+    def labelled(self, after_feedback_seq: int = 0, limit: int | None = None) -> pd.DataFrame:
+        """Predictions that have feedback with ``feedback.seq > after_feedback_seq``: a true label,
+        or (generations) a corrected reply and/or a rating; with ``limit``, the oldest ``limit`` of
+        them (page on with ``after_feedback_seq`` = the last row's ``feedback_seq``).
 
         Returns:
-            DataFrame with columns ``feedback_seq, request_id, text, label, true_label,
-            confidence, seq, true_reply, rating, reply`` in feedback order (``true_label`` None
-            for a generation's feedback; ``true_reply``/``rating`` None where not given, and
-            ``reply``, the generated reply, None for classification rows).
+            DataFrame with columns :data:`LABELLED_COLUMNS` (``feedback_seq, request_id, text,
+            label, true_label, confidence, seq, true_reply, rating, reply``) in feedback order
+            (``true_label`` None for a generation's feedback; ``true_reply``/``rating`` None where
+            not given, and ``reply``, the generated reply, None for classification rows).
+
+        Raises:
+            ValueError: ``limit`` < 1.
         """
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be >= 1, not {limit}")
         stmt = (
             select(Feedback.seq, Prediction.request_id, Prediction.text, Prediction.label,
                    Feedback.true_label, Prediction.confidence, Prediction.seq, Feedback.reply, Feedback.rating,
@@ -268,10 +283,18 @@ class TrafficLog:
             .outerjoin(Generation, Generation.request_id == Feedback.request_id)
             .where(Feedback.seq > after_feedback_seq)
             .order_by(Feedback.seq)
+            .limit(limit)
         )
-        with Session(self.engine) as session:
-            rows = [tuple(r) for r in session.execute(stmt).all()]
+        with self.engine.connect() as conn:
+            rows = [tuple(r) for r in conn.execute(stmt)]
         import pandas as pd
 
-        return pd.DataFrame(rows, columns=["feedback_seq", "request_id", "text", "label", "true_label", "confidence",
-                                           "seq", "true_reply", "rating", "reply"])
+        return pd.DataFrame(rows, columns=LABELLED_COLUMNS)
+
+    def count_labelled(self, after_feedback_seq: int = 0) -> int:
+        """How many feedback rows have ``seq > after_feedback_seq`` (= ``len(labelled(after))``:
+        every feedback row names a logged prediction, :meth:`add_feedback` refuses others); a
+        range count on the feedback primary key, no rows read out."""
+        with self.engine.connect() as conn:
+            return int(conn.scalar(select(func.count()).select_from(Feedback)
+                                   .where(Feedback.seq > after_feedback_seq)) or 0)
