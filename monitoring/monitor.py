@@ -105,8 +105,8 @@ class Monitor:
                  defer_retrain: bool = False) -> None:
         self.home, self.cfg, self.defer_retrain = home.ensure(), cfg, defer_retrain
         self.metrics = metrics or MonitorMetrics()
-        self.traffic = TrafficLog(home.traffic_db_path)
-        self.audit = AuditLog(home.traffic_db_path)
+        self.traffic = TrafficLog(home.store_url)
+        self.audit = AuditLog(home.store_url)
         self.champion = ChampionCache(self.home, cfg.embeddings, cfg.embed_threads)
         self.drift_config: DriftConfig = cfg.policy.drift_config(**cfg.drift)
         self.metrics.interval.set(cfg.interval_seconds)

@@ -177,7 +177,7 @@ class TuneloopService:
         """Swap in the champion if the pointer moved (see :meth:`ChampionHolder.refresh`)."""
         outcome = self.models.refresh(force)
         if self.models.live is not None and self.traffic is None and self.config.traffic_log:
-            self.traffic = TrafficLog(self.home.traffic_db_path, synchronous=self.config.log_sync)
+            self.traffic = TrafficLog(Home.from_env(self.home.root).store_url, synchronous=self.config.log_sync)
             self._writer = GroupCommitWriter(self.origin.stamping(self.traffic.log_predictions), self._log_committed,
                                              self._log_failed)
         return outcome
