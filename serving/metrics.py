@@ -97,7 +97,7 @@ MODEL_LIVE = Gauge(
     "tuneloop_model_live", "1 for the model tag a worker answers with now, 0 for tags it served before",
     ["tag", "worker"], multiprocess_mode="livemax",
 )
-MODEL_SWAPS = Counter("tuneloop_model_swaps", "Models swapped in (the first load counts too)")
+MODEL_SWAPS = Counter("tuneloop_model_swaps", "Models swapped in, by every worker process (the first load counts too)")
 SWAP_FAILURE_REASONS = ("not_found", "load", "smoke")
 MODEL_SWAP_FAILURES = Counter(
     "tuneloop_model_swap_failures", "Champion models that were not swapped in, by reason (not_found, load, smoke)",

@@ -393,7 +393,11 @@ class TuneloopService:
 
     @bentoml.api(route="/admin/reload")
     async def admin_reload(self, ctx: bentoml.Context) -> Annotated[dict[str, Any], JSON]:
-        """Check the champion pointer now (and retry a failed one). Needs the admin bearer token."""
+        """Check the champion pointer now (and retry a failed one). Needs the admin bearer token.
+
+        With several workers (``TUNELOOP_WORKERS``) this reloads the worker that took the request;
+        the others follow the pointer at their next poll (within ``TUNELOOP_POLL_SECONDS``).
+        """
         token = self.config.admin_token
         if token is None:
             ctx.response.status_code = 403
