@@ -162,3 +162,64 @@ def test_two_replicas_of_two_workers_share_one_store_and_swap_together(scale_hom
             assert metric(text_, "tuneloop_model_live", tag=new_tag, worker=worker) == 1, (name, worker)
             assert metric(text_, "tuneloop_model_live", tag=old_tag, worker=worker) == 0, (name, worker)
         assert metric(text_, "tuneloop_requests_in_flight", endpoint="/classify") == 0
+
+
+def worker_pids(server) -> dict[int, int]:
+    """BentoML worker index -> pid of a running server's worker processes."""
+    import psutil
+
+    from tuneloop.serving.launch import server_processes
+
+    found = {}
+    for proc in server_processes(server.process):
+        try:
+            argv = proc.cmdline()
+        except psutil.NoSuchProcess:
+            continue
+        if "--worker-id" in argv:
+            found[int(argv[argv.index("--worker-id") + 1])] = proc.pid
+    return found
+
+
+def test_a_killed_worker_is_replaced_and_its_live_gauges_leave_the_metrics(tmp_path):
+    """kill -9 of worker 1 of 2, then a promotion before its replacement (same index) has loaded:
+    /metrics keeps the dead worker's counts but not its live tag, and both workers serve the new one."""
+    import os
+    import signal
+
+    from tuneloop.serving.launch import running_server
+    from tuneloop.state.home import Home
+    from tuneloop.state.registry import promote
+
+    home = Home(tmp_path / "home").ensure()
+    old_tag = save_tiny_model(home, seed=0)
+    promote(home, old_tag, reason="first model")
+    new_tag = save_tiny_model(home, seed=1)
+    env = {"TUNELOOP_WORKERS": str(WORKERS), "TUNELOOP_POLL_SECONDS": str(POLL_S)}
+    with running_server(home, env=env, ready_timeout=150) as server, httpx.Client(base_url=server.url) as http:
+        deadline = time.monotonic() + 60
+        while len(pids := worker_pids(server)) < WORKERS and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sorted(pids) == [1, 2], pids
+        for _ in range(20):  # new connections: both workers likely get some
+            assert http.post("/classify", json={"texts": TEXTS[:2]}, headers={"Connection": "close"}).status_code == 200
+        time.sleep(0.2)  # each answer is counted just after it is sent
+        os.kill(pids[1], signal.SIGKILL)
+        promote(home, new_tag, reason="promoted while worker 1 restarts")
+
+        deadline, text_ = time.monotonic() + 90, ""
+        while time.monotonic() < deadline:
+            text_ = http.get("/metrics", headers={"Connection": "close"}).text
+            now = worker_pids(server)
+            if now.get(1) not in (None, pids[1]) and all(
+                    metric(text_, "tuneloop_model_live", tag=new_tag, worker=w) == 1 for w in ("1", "2")):
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"worker 1 was not replaced, or not both workers serve {new_tag}: {worker_pids(server)}")
+        assert now[2] == pids[2]  # the other worker kept running
+        assert metric(text_, "tuneloop_requests_total", endpoint="/classify") == 20  # the dead worker's counts stay
+        assert metric(text_, "tuneloop_model_live", tag=old_tag, worker="1") is None  # its live tag is gone
+        assert metric(text_, "tuneloop_model_live", tag=old_tag, worker="2") == 0
+        assert metric(text_, "tuneloop_requests_in_flight", endpoint="/classify") == 0
+        assert http.post("/classify", json={"texts": TEXTS[:1]}).json()[0]["model_tag"] == new_tag
