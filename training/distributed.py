@@ -87,6 +87,20 @@ def strip_option(argv: list[str], option: str) -> list[str]:
     return out
 
 
+def check_devices(nproc: int) -> None:
+    """Check that ``nproc`` processes can each have a device: on a machine with CUDA GPUs, one GPU per
+    process (NCCL refuses two ranks on one GPU); on CPU any number (gloo).
+
+    Raises:
+        ValueError: more processes than GPUs (the message says how many there are).
+    """
+    import torch
+
+    if torch.cuda.is_available() and nproc > torch.cuda.device_count():
+        raise ValueError(f"--nproc {nproc} but {torch.cuda.device_count()} GPU(s): data-parallel training on GPUs "
+                         "takes one GPU per process")
+
+
 def launch_command(args: list[str], nproc: int) -> list[str]:
     """The torchrun command line that runs ``tuneloop <args>`` in ``nproc`` processes on this machine.
 

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tuneloop.training.distributed import example_fingerprint, launch_command, strip_option
+from tuneloop.training.distributed import check_devices, example_fingerprint, launch_command, strip_option
 
 BATCH = 4
 
@@ -24,6 +24,10 @@ def test_the_launch_command_is_torchrun_standalone_on_the_same_cli():
     assert strip_option(["train", "--nproc", "2", "--data", "d", "--nproc=3"], "--nproc") == ["train", "--data", "d"]
     with pytest.raises(ValueError, match="at least 2"):
         launch_command(["train"], 1)
+    import torch
+
+    if not torch.cuda.is_available():  # on CPU (gloo) any number of processes may share the cores
+        check_devices(64)
 
 
 def _examples(trace, rank: int) -> list[str]:

@@ -36,8 +36,8 @@ def retrain(
     (retrain_promoted, retrain_rejected, retrain_failed, retrain_skipped, retrain_locked).
 
     Exit codes: 0 done (promoted or rejected) or nothing due; 1 the retrain failed (the decision stays
-    due: the next run retries) or HOME has no champion; 2 invalid options or config; 3 another run (or
-    a monitor retraining in-process) holds the store's retrain lock.
+    due: the next run retries) or HOME has no champion; 2 invalid options or config (or --nproc above
+    the number of GPUs); 3 another run (or a monitor retraining in-process) holds the store's retrain lock.
     """
     from tuneloop.monitoring.retrain_job import run_job, serve_job
     from tuneloop.state.home import Home
@@ -52,6 +52,14 @@ def retrain(
         typer.secho(f"error: no champion model in {home_obj.root}; run `tuneloop train --home {home_obj.root}` first",
                     fg="red", err=True)
         raise typer.Exit(1)
+    if nproc > 1 and job is None:
+        from tuneloop.training.distributed import check_devices
+
+        try:
+            check_devices(nproc)
+        except ValueError as exc:
+            typer.secho(f"error: {exc}", fg="red", err=True)
+            raise typer.Exit(2) from exc
     if job is not None:  # a torchrun worker of a run that holds the lock (ranks > 0 exit during training)
         result = serve_job(home_obj, cfg, json.loads(job))
     else:

@@ -97,8 +97,13 @@ def launch_train(cfg, home: Path, nproc: int) -> int:
 
     import yaml
 
-    from tuneloop.training.distributed import relaunch
+    from tuneloop.training.distributed import check_devices, relaunch
 
+    try:
+        check_devices(nproc)
+    except ValueError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
     with tempfile.TemporaryDirectory(prefix="tuneloop-launch-") as tmp:
         path = Path(tmp) / "train.yaml"
         path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
