@@ -1,11 +1,11 @@
 """Load on a real ``bentoml serve`` process (127.0.0.1, tiny random champion): many concurrent
 clients for a fixed time while the champion is hot-swapped three times. No request may fail, and
-the traffic log must hold exactly one row per text answered with 2xx (acknowledged => logged)."""
+the traffic log must hold exactly one row per text answered with 2xx (acknowledged => logged).
+Once per traffic store: SQLite under the home, then PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
 import time
 
@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 from conftest import save_tiny_model, served_tiny_champion
+from sqlalchemy import create_engine, text
 
 TOKEN = "load-test-token"
 CLIENTS = 24
@@ -24,9 +25,9 @@ TEXTS = ["where is my new card?", "I was charged twice for one purchase", "top u
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tmp_path_factory, module_home_db_url):
     env = {"TUNELOOP_ADMIN_TOKEN": TOKEN, "TUNELOOP_POLL_SECONDS": "3600"}
-    with served_tiny_champion(tmp_path_factory, "load", env, ready_timeout=120) as served:
+    with served_tiny_champion(tmp_path_factory, "load", env, ready_timeout=120, db_url=module_home_db_url) as served:
         yield served
 
 
@@ -65,8 +66,10 @@ def test_load_with_three_hot_swaps_fails_nothing_and_logs_every_answer(served):
     assert len(run.ok) >= 100, f"only {len(run.ok)} requests in {DURATION_S} s"
     answered_ids = [rid for o in run.ok for rid in o.request_ids]
     assert len(answered_ids) == len(run.ok) * TEXTS_PER_REQUEST == len(set(answered_ids))
-    with sqlite3.connect(home.traffic_db_path) as db:  # acknowledged => logged, and nothing else
-        logged = dict(db.execute("SELECT request_id, model_tag FROM predictions").fetchall())
+    store = create_engine(home.store_url)
+    with store.connect() as db:  # acknowledged => logged, and nothing else
+        logged = dict(db.execute(text("SELECT request_id, model_tag FROM predictions")).tuples().all())
+    store.dispose()
     assert len(logged) == len(answered_ids)
     answered_tags = {rid: tag for o in run.ok for rid, tag in zip(o.request_ids, o.model_tags)}
     assert logged == answered_tags
