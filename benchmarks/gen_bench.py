@@ -54,6 +54,10 @@ def quality(args) -> dict:
         runs.append({"seed": seed, "train_seconds": round(result.seconds, 1), "wall_seconds": round(time.perf_counter() - start, 1),
                      "epochs": result.epochs_run, "tokens_per_second": round(result.extra["tokens_per_second"], 1),
                      "fine_tuned": result.test_metrics, "base": result.extra.get("base_test_metrics")})
+        # each seed's figures as soon as they exist: a run of 3 seeds takes an hour or more on 2 cores
+        print(f"seed {seed}: {json.dumps(runs[-1], default=float)}", flush=True)
+        if args.json:
+            args.json.with_suffix(".partial.json").write_text(json.dumps(runs, indent=1, default=float))
     base = runs[0]["base"]
     summary = {}
     for key in ("perplexity", "rougeL", "bleu", "chrf", "stop_rate", "placeholder_fidelity"):
