@@ -43,7 +43,8 @@ class PredictionRecord:
     ``label`` its finish reason, ``confidence`` ``exp(mean_logprob)``, ``top3`` empty, and
     ``generation`` holds the reply (written to ``generations`` in the same transaction).
     ``replica`` names the service replica that answered (e.g. ``host:port`` or a pod name) and
-    ``worker`` its worker process index (0-based); None where not known.
+    ``worker`` its worker process index (BentoML's ``server_context.worker_index``: 1-based under ``bentoml serve``;
+    None in-process or where not known).
     """
 
     request_id: str
