@@ -30,7 +30,7 @@ import functools
 import hmac
 import json
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
@@ -60,6 +60,7 @@ from tuneloop.serving.openapi import OpenAPIMiddleware
 from tuneloop.serving.origin import Origin
 from tuneloop.serving.tasks import PendingText, WrongTaskError, serving_task, wrong_task_message
 from tuneloop.state.home import Home
+from tuneloop.state.registry import read_champion
 from tuneloop.state.traffic_store import RATINGS, PredictionRecord, TrafficLog, UnknownRequestError
 
 # Input limits, the request timeout and the metrics switch are part of the API's types and of the
@@ -137,11 +138,20 @@ class TuneloopService:
     """Serves the champion model of the home named by ``$TUNELOOP_HOME`` (see module docstring)."""
 
     def __init__(self) -> None:
+        self.config = ServeConfig.from_env()
+        self.home = Home(self.config.home)
+        # Open the traffic store on a thread while torch and the model load (~0.5 s of a restart: the
+        # engine, the driver and Alembic's revision check); only when the home has a champion, so a
+        # wrong --home gets no files (the first model's refresh_model opens it otherwise).
+        self._store_opening: Future | None = None
+        if self.config.traffic_log and read_champion(self.home) is not None:
+            opener = ThreadPoolExecutor(1, thread_name_prefix="store-open")
+            self._store_opening = opener.submit(TrafficLog, Home.from_env(self.home.root).store_url,
+                                                synchronous=self.config.log_sync)
+            opener.shutdown(wait=False)  # the open still runs; the thread ends with it
         import torch
         from transformers.utils import logging as hf_logging
 
-        self.config = ServeConfig.from_env()
-        self.home = Home(self.config.home)
         self.origin = Origin.current(self.config.replica)  # stamped on every logged row
         multiproc.forget_dead_workers()  # a killed predecessor's live gauges leave /metrics
         torch.set_num_threads(self.config.torch_threads)
@@ -177,7 +187,9 @@ class TuneloopService:
         """Swap in the champion if the pointer moved (see :meth:`ChampionHolder.refresh`)."""
         outcome = self.models.refresh(force)
         if self.models.live is not None and self.traffic is None and self.config.traffic_log:
-            self.traffic = TrafficLog(Home.from_env(self.home.root).store_url, synchronous=self.config.log_sync)
+            opening, self._store_opening = self._store_opening, None
+            self.traffic = (opening.result() if opening is not None else
+                            TrafficLog(Home.from_env(self.home.root).store_url, synchronous=self.config.log_sync))
             self._writer = GroupCommitWriter(self.origin.stamping(self.traffic.log_predictions), self._log_committed,
                                              self._log_failed)
         return outcome
