@@ -294,3 +294,10 @@ def module_home_db_url(request):
         return
     with pg_database(request.getfixturevalue("pg_admin")) as url:
         yield url
+
+
+def pytest_collection_modifyitems(config, items):
+    """The fast suite first, then the slow end-to-end runs (as the README's test command describes):
+    the e2e tests load the real models in the pytest process (3.6 GB resident afterwards), and the
+    timed server tests (restart budgets) should not run after them."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)  # stable: order kept otherwise
