@@ -258,6 +258,16 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def add_round_options(parser: argparse.ArgumentParser) -> None:
+    """The options every interleaved-rounds benchmark here shares (this one and serve_workers_bench.py):
+    --rounds, --slice-seconds, --max-load, --max-wait-s, --json."""
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--slice-seconds", type=float, default=8.0, help="seconds per variant per round")
+    parser.add_argument("--max-load", type=float, default=1.0, help="wait while the 1-min load average is above")
+    parser.add_argument("--max-wait-s", type=float, default=600, help="longest wait for a quiet machine")
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data/banking77"), help="Banking77 folder")
@@ -267,12 +277,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads of every variant")
     parser.add_argument("--workers", type=int, default=2,
                         help="batches computed at once by the service and the ceiling (TUNELOOP_INFERENCE_WORKERS)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
-    parser.add_argument("--slice-seconds", type=float, default=8.0, help="seconds per variant per round")
     parser.add_argument("--latency-load", type=float, default=0.5, help="open-loop rate / saturation throughput")
-    parser.add_argument("--max-load", type=float, default=1.0, help="wait while the 1-min load average is above")
-    parser.add_argument("--max-wait-s", type=float, default=600, help="longest wait for a quiet machine")
-    parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    add_round_options(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     report = run(args)

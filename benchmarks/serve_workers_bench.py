@@ -30,7 +30,7 @@ import os
 import time
 from pathlib import Path
 
-from serve_bench import merge, summary, wait_for_quiet
+from serve_bench import add_round_options, merge, summary, wait_for_quiet
 from serve_models import ensure_model, reset_traffic, test_queries
 from serve_parts import cpu_seconds, load1
 
@@ -164,12 +164,8 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="a tiny random model instead of MiniLM (script check)")
     parser.add_argument("--db-url", default=None, help="traffic store URL (default: SQLite in the home)")
     parser.add_argument("--clients", type=int, default=32, help="closed-loop clients")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
-    parser.add_argument("--slice-seconds", type=float, default=8.0, help="seconds per variant per round")
     parser.add_argument("--warmup-seconds", type=float, default=3.0, help="warm-up seconds per variant")
-    parser.add_argument("--max-load", type=float, default=1.0, help="wait while the 1-min load average is above")
-    parser.add_argument("--max-wait-s", type=float, default=600, help="longest wait for a quiet machine")
-    parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    add_round_options(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per /readyz poll otherwise
