@@ -5,11 +5,12 @@ the first time BentoML reads its configuration. A tuneloop process (a test run, 
 notebook) works with several homes, each with its own store, so the store must be chosen per call.
 BentoML's own functions accept it only as the private keyword ``_model_store`` with a store object
 from ``bentoml._internal.models``; there is no public equivalent (checked in bentoml 1.4.39 and
-1.4.40). This module is the only place that touches those names; ``tests/test_bentoml_model_store.py``
+1.4.40). This module is the only place that touches those names; ``tests/unit/test_bentoml_model_store.py``
 fails with the installed BentoML version in its message when they change.
 
-Serving does not need this bridge: ``tuneloop serve`` starts ``bentoml serve`` with
-``BENTOML_HOME`` set to the home's store (``Home.env``), the public way.
+Serving reads its models through this bridge too: each served replica has a local ``BENTOML_HOME`` of
+its own (BentoML empties the Prometheus folder under it at every start, so replicas must not share
+one), while the models stay in the tuneloop home's store (``TUNELOOP_HOME``).
 """
 
 from __future__ import annotations
