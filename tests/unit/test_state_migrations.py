@@ -23,7 +23,7 @@ def test_a_new_store_is_at_head_and_matches_the_models(store_url):
     from tuneloop.state.traffic_store import TrafficLog
 
     log = TrafficLog(store_url)
-    assert current_revision(log.engine) == head_revision() == "0004"
+    assert current_revision(log.engine) == head_revision() == "0005"
     with log.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == [], diff  # the migrations build exactly the tables, columns and indexes of schema.py
@@ -56,7 +56,7 @@ def test_an_unversioned_store_is_upgraded_in_place(tmp_path, tables):
         if "monitor_state" in tables:
             db.execute("INSERT INTO monitor_state VALUES ('cursor', '41')")
     log = TrafficLog(path)
-    assert current_revision(log.engine) == "0004"
+    assert current_revision(log.engine) == "0005"
     log.add_feedback("old", "l2")
     assert log.read_window().loc[0, "true_label"] == "l2"
     audit = AuditLog(path)
@@ -90,7 +90,7 @@ def test_processes_opening_one_new_store_at_once_agree(tmp_path, store_url):
     assert [p.returncode for p in procs] == [0] * openers, [err[-2000:] for _, err in results]
     engine = create_engine(store_url if store_url.startswith("postgresql") else f"sqlite:///{store}")
     with engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all() == ["0004"]
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all() == ["0005"]
         assert {"predictions", "feedback", "generations", "decisions", "monitor_state"} <= set(
             inspect(conn).get_table_names())
     engine.dispose()

@@ -115,7 +115,7 @@ def test_migration_0003_goes_down_and_up_keeping_classification_feedback(store_u
     with log.engine.connect() as db:
         assert db.execute(text("SELECT request_id, true_label FROM feedback")).tuples().all() == [("c1", "top_up")]
     log = TrafficLog(store_url)  # upgrades again
-    assert current_revision(log.engine) == "0004"
+    assert current_revision(log.engine) == "0005"
     log.add_feedback("c1", "refund")
     assert list(log.labelled()["true_label"]) == ["refund"]
 

@@ -19,6 +19,10 @@ migration):
         signal (JSON), the decision and its reason, champion and challenger tags, the retrain
         outcome (JSON) and the report's path.
     monitor_state: key -> JSON value (the monitor's cursors, so a restart resumes).
+    events: the model lifecycle and every audited action, one row each: kind (``gated``,
+        ``promoted``, ``rolled_back``, ``blocked``, ``feedback_replaced``, ...), the model tag it is
+        about (null when none), the actor (``monitor``, ``retrain``, ``cli:<user>``, a reviewer),
+        the reason and a JSON detail (:mod:`tuneloop.state.events`).
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ class Feedback(Base):
     created_at: Mapped[float] = mapped_column(Float)
     reply: Mapped[str | None] = mapped_column(Text, nullable=True)
     rating: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    reviewer: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 class Generation(Base):
@@ -100,3 +105,16 @@ class MonitorState(Base):
     __tablename__ = "monitor_state"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class Event(Base):
+    """One audited event (:mod:`tuneloop.state.events`)."""
+
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[float] = mapped_column(Float, index=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    tag: Mapped[str | None] = mapped_column(String(256), nullable=True, index=True)
+    actor: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    reason: Mapped[str] = mapped_column(Text)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
