@@ -1,9 +1,20 @@
 """The event log (tuneloop.state.events) on both stores: append, filter, blocks, migration 0005."""
 
+import pytest
+from conftest import save_tiny_model
 from sqlalchemy import inspect
 
-from tuneloop.state.events import BLOCKED, PROMOTED, UNBLOCKED, EventLog
+from tuneloop.state.events import BLOCKED, PROMOTED, ROLLED_BACK, UNBLOCKED, EventLog
+from tuneloop.state.home import Home
 from tuneloop.state.migrate import current_revision
+from tuneloop.state.registry import (
+    ModelNotFoundError,
+    champion_history,
+    promote,
+    read_champion,
+    rollback,
+    rollback_target,
+)
 from tuneloop.state.traffic_store import TrafficLog
 
 
@@ -27,3 +38,20 @@ def test_feedback_has_a_reviewer_column(store_url):
     log = TrafficLog(store_url)
     columns = {c["name"] for c in inspect(log.engine).get_columns("feedback")}
     assert "reviewer" in columns and "events" in inspect(log.engine).get_table_names()
+
+
+def test_promote_records_events_and_rollback_walks_back_skipping_blocked(tmp_path):
+    home = Home(tmp_path / "home").ensure()
+    a, b, c = (save_tiny_model(home, seed=s) for s in range(3))
+    promote(home, a, "first model", actor="train")
+    promote(home, b, "gate won", actor="monitor")
+    promote(home, c, "gate won", actor="monitor")
+    assert champion_history(home) == [a, b, c] and rollback_target(home) == b
+    pointer = rollback(home, "live accuracy fell", actor="monitor")
+    assert pointer.tag == b and read_champion(home).previous == c
+    log = EventLog(home.store_url)
+    assert log.is_blocked(c) and [e.kind for e in log.events(tag=c)] == [PROMOTED, ROLLED_BACK, BLOCKED]
+    # b goes bad too: back to a, never to the blocked c
+    assert rollback_target(home) == a and rollback(home, "again").tag == a
+    with pytest.raises(ModelNotFoundError, match="no earlier champion"):
+        rollback(home, "nothing left")

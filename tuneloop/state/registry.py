@@ -7,9 +7,11 @@ training config and the SHA-256 of the training data.
 
 Which version serves is the *champion pointer*, ``<home>/champion.json``. BentoML's ``:latest``
 means "most recently created", which would serve an unvetted challenger the moment it is saved,
-so the pointer is our own: it moves only through :func:`promote`, which writes a temporary file,
-fsyncs it and ``os.replace``-s it over the old one (atomic on POSIX), so a reader sees the old
-pointer or the new one, never a torn file, and the pointer survives restarts.
+so the pointer is our own: it moves only through :func:`promote` (and :func:`rollback`, which promotes
+an earlier champion back), which writes a temporary file, fsyncs it and ``os.replace``-s it over the
+old one (atomic on POSIX), so a reader sees the old pointer or the new one, never a torn file, and
+the pointer survives restarts. Every move is recorded in the home's event log
+(:mod:`tuneloop.state.events`), which is also where the champion history comes from.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.state import bentoml_model_store
+from tuneloop.state.events import BLOCKED, PROMOTED, ROLLED_BACK, EventLog
 from tuneloop.state.home import Home
 
 DEFAULT_MODEL_NAME = "tuneloop-classifier"
@@ -133,11 +136,16 @@ def require_champion(home: Home) -> ChampionPointer:
     return pointer
 
 
-def promote(home: Home, tag: str, reason: str) -> ChampionPointer:
-    """Make ``tag`` the champion, atomically (tmp file + fsync + ``os.replace`` + dir fsync).
+def promote(home: Home, tag: str, reason: str, *, actor: str | None = None, kind: str = PROMOTED,
+            detail: dict[str, Any] | None = None) -> ChampionPointer:
+    """Make ``tag`` the champion, atomically (tmp file + fsync + ``os.replace`` + dir fsync), and
+    append a ``kind`` event (default ``promoted``; :func:`rollback` writes ``rolled_back``) to the
+    home's event log (:mod:`tuneloop.state.events`) with ``reason``, ``actor`` and ``detail`` plus
+    ``previous`` (the tag it replaced).
 
     Raises:
         ModelNotFoundError: ``tag`` is not in the store (the pointer is left as it was).
+        sqlalchemy.exc.OperationalError: the event log's store cannot be reached (the pointer has moved).
     """
     get_model(home, tag)
     old = read_champion(home)
@@ -158,6 +166,51 @@ def promote(home: Home, tag: str, reason: str) -> ChampionPointer:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+    event_tag = pointer.previous if kind == ROLLED_BACK else tag  # a rollback is about the model reverted
+    EventLog(home.store_url).record(kind, reason, tag=event_tag, actor=actor,
+                                    detail={**(detail or {}), "champion": tag, "previous": pointer.previous})
+    return pointer
+
+
+def champion_history(home: Home) -> list[str]:
+    """Tags that were champion, oldest first, from the event log's ``promoted`` and ``rolled_back``
+    events (each event's ``detail.champion``): the chain :func:`rollback` walks back."""
+    chain: list[str] = []
+    for event in EventLog(home.store_url).events():
+        if event.kind in (PROMOTED, ROLLED_BACK) and event.detail.get("champion"):
+            chain.append(event.detail["champion"])
+    return chain
+
+
+def rollback_target(home: Home) -> str:
+    """The tag :func:`rollback` would serve: the newest earlier champion that is neither the current
+    champion nor blocked (:meth:`EventLog.is_blocked`).
+
+    Raises:
+        ModelNotFoundError: no champion, or no earlier unblocked champion to go back to.
+    """
+    current = require_champion(home).tag
+    events = EventLog(home.store_url)
+    history = champion_history(home) or [t for t in (read_champion(home).previous,) if t]
+    for tag in reversed(history):
+        if tag != current and not events.is_blocked(tag):
+            return tag
+    raise ModelNotFoundError(f"{current} has no earlier champion to roll back to in {home.root}")
+
+
+def rollback(home: Home, reason: str, *, actor: str | None = None, block: bool = True,
+             detail: dict[str, Any] | None = None) -> ChampionPointer:
+    """Revert the champion pointer to :func:`rollback_target` (atomic, as :func:`promote`), record a
+    ``rolled_back`` event about the reverted tag and, when ``block``, a ``blocked`` event so the gate
+    never promotes it again (``tuneloop models promote --force`` lifts it).
+
+    Raises:
+        ModelNotFoundError: nothing to roll back to.
+    """
+    bad = require_champion(home).tag
+    pointer = promote(home, rollback_target(home), reason, actor=actor, kind=ROLLED_BACK, detail=detail)
+    if block:
+        EventLog(home.store_url).record(BLOCKED, f"rolled back: {reason}", tag=bad, actor=actor)
     return pointer
 
 
