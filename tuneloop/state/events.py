@@ -33,7 +33,9 @@ ROLLED_BACK = "rolled_back"  # ``tag`` was reverted to the previous champion (de
 BLOCKED = "blocked"  # ``tag`` may not be promoted again (unless ``tuneloop models promote --force``)
 UNBLOCKED = "unblocked"  # a forced promotion lifted a block
 FEEDBACK_REPLACED = "feedback_replaced"  # a second feedback for one request replaced the first (detail: both)
-KINDS = (GATED, PROMOTED, ROLLED_BACK, BLOCKED, UNBLOCKED, FEEDBACK_REPLACED)
+WATCHED = "watched"  # the post-swap watch of ``tag`` ended (detail: verdict "kept" | "rolled_back", requests, tests)
+SHADOWED = "shadowed"  # the shadow stage's verdict on challenger ``tag`` (detail: agreements, rows)
+KINDS = (GATED, PROMOTED, ROLLED_BACK, BLOCKED, UNBLOCKED, FEEDBACK_REPLACED, WATCHED, SHADOWED)
 
 
 @dataclass(frozen=True)
