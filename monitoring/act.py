@@ -153,7 +153,8 @@ def refresh_label_queue(ctx: ActContext, observation: Observation) -> int:
 
 
 def run_retrain(ctx: ActContext, champion_tag: str, reason: str, lock: bool = True,
-                feedback_until: int | None = None) -> RetrainResult:
+                feedback_until: int | None = None, trigger: dict | None = None,
+                actor: str = "monitor") -> RetrainResult:
     """Retrain on every label, gate and promote, unless another process is retraining.
 
     The challenger's drift reference is re-baselined on recent unlabelled traffic (see the constants
@@ -167,6 +168,9 @@ def run_retrain(ctx: ActContext, champion_tag: str, reason: str, lock: bool = Tr
             already (``tuneloop retrain``).
         feedback_until: train on feedback rows with ``feedback_seq`` up to this only (None: all), so that
             the processes of a distributed retrain train on the same rows while feedback keeps arriving.
+        trigger: what asked for the retrain, saved in the challenger's lineage (``retrain_and_gate``'s
+            ``lineage``; :func:`drift_trigger` for a drift decision).
+        actor: who retrains, for the model events (``monitor``, ``retrain``).
     """
     with retrain_lock(ctx.home) if lock else nullcontext(True) as acquired:
         if not acquired:
@@ -182,7 +186,7 @@ def run_retrain(ctx: ActContext, champion_tag: str, reason: str, lock: bool = Tr
         try:
             outcome = retrain_and_gate(ctx.home, champion_tag, labelled, ctx.cfg.retrain,
                                        recent_unlabelled=recent[["text"]] if len(recent) >= size // MIN_RECENT_DIVISOR
-                                       else None)
+                                       else None, lineage=trigger, actor=actor)
         except Exception as exc:  # the loop must survive a failed retrain; the audit says why
             log.exception("retrain failed")
             ctx.metrics.retrains.labels("failed").inc()
@@ -196,9 +200,18 @@ def run_retrain(ctx: ActContext, champion_tag: str, reason: str, lock: bool = Tr
 
 
 def audit_signals(report: WindowReport, decision: Decision) -> dict:
-    """The ``signals`` JSON of an audit row: every signal, the report's figures, and the verdict's flags."""
+    """The ``signals`` JSON of an audit row: every signal, the report's figures, and the verdict's flags
+    (``fired``: the signals the policy counted)."""
     return {"signals": [s.model_dump() for s in report.signals], **report.model_dump(include=set(AUDITED_FIGURES)),
-            "alarm": decision.alarm, "strong": decision.strong, "labels_needed": decision.labels_needed}
+            "alarm": decision.alarm, "strong": decision.strong, "labels_needed": decision.labels_needed,
+            "fired": list(decision.fired)}
+
+
+def drift_trigger(observation: Observation, decision: Decision) -> dict:
+    """The lineage trigger of a retrain a drift decision asked for: ``{"kind": "drift", "window": [first,
+    last seq], "signals": the fired signals, "reason": the decision's reason}``."""
+    return {"kind": "drift", "window": [observation.span.start, observation.span.end],
+            "signals": list(decision.fired), "reason": decision.reason}
 
 
 def act(ctx: ActContext, observation: Observation, decision: Decision) -> ActionResult:
@@ -222,7 +235,8 @@ def act(ctx: ActContext, observation: Observation, decision: Decision) -> Action
     elif decision.action == "retrain":
         log.info("window %s: %s", observation.span.label, decision.reason)
         log.info("retraining: monitoring cycles pause until the challenger is judged")
-        retrained = run_retrain(ctx, observation.champion_tag, decision.reason)
+        retrained = run_retrain(ctx, observation.champion_tag, decision.reason,
+                                trigger=drift_trigger(observation, decision))
     action, reason = (retrained.action, retrained.reason) if retrained else (decision.action, decision.reason)
     outcome = retrained.outcome if retrained else None
     ctx.audit.record(window_start_seq=observation.span.start, window_end_seq=observation.span.end,

@@ -19,7 +19,8 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from tuneloop.monitoring.feedback_rows import feedback_rows
-from tuneloop.monitoring.gate import GateConfig, run_gate
+from tuneloop.monitoring.gate import GateConfig, GateResult, run_gate
+from tuneloop.state.events import GATED, EventLog
 from tuneloop.state.home import Home
 from tuneloop.state.registry import get_model, promote
 from tuneloop.training.config import TrainConfig, data_config
@@ -100,13 +101,84 @@ def feedback_examples(task: str, labelled: pd.DataFrame, splits, holdout_fractio
     rows = feedback_rows(task)
     fb_train, fb_held = split_feedback(labelled, holdout_fraction)
     fb_train, fb_held = rows.learnable(rows.train_rows(fb_train), splits), rows.holdout_rows(fb_held)
-    holdout = pd.concat([splits.test[list(rows.columns)], fb_held], ignore_index=True)
+    holdout = pd.concat([base_holdout(task, splits), fb_held], ignore_index=True)
     fb_train = fb_train[~fb_train["text"].str.lower().isin(set(holdout["text"].str.lower()))]
     return fb_train, fb_held, holdout
 
 
+def base_holdout(task: str, splits) -> pd.DataFrame:
+    """The test split of ``splits`` with the example columns of ``task`` (:func:`feedback_rows`): the
+    part of every gate's holdout that needs no feedback."""
+    return splits.test[list(feedback_rows(task).columns)]
+
+
+def retrain_config(champion, cfg: RetrainConfig) -> TrainConfig:
+    """The TrainConfig a retrain of the stored model ``champion`` trains with: the champion's whole data
+    configuration (:func:`tuneloop.training.config.data_config`), the recipe of ``cfg.preset``, and
+    ``cfg.overrides`` on top. Progress lines (one per 10 s off a terminal) go to the caller's log; no
+    base-model comparison (generation's ``compare_base``): the gate compares with the champion."""
+    base = TrainConfig.for_preset(cfg.preset, **data_config(champion.info.metadata["train_config"]))
+    return base.model_copy(update={"compare_base": False, **cfg.overrides, "progress": True})
+
+
+def feedback_lineage(labelled: pd.DataFrame, train_rows: int, holdout_rows: int) -> dict:
+    """What a challenger learnt from, for its lineage: the feedback rows a retrain received.
+
+    Args:
+        labelled: the feedback the retrain used (``TrafficLog.labelled()`` columns, feedback order;
+            ``reviewer`` where the store records it).
+        train_rows, holdout_rows: how many of them became training rows and held-back holdout rows.
+
+    Returns:
+        ``{"rows", "train_rows", "holdout_rows", "reviewers"`` (sorted names; ``[]`` without the column),
+        ``"request_ids"`` (``{"first", "last"}`` in feedback order), ``"request_seq"`` and
+        ``"feedback_seq"`` (``[min, max]`` of the predictions' and the feedback rows' seq)``}``; the
+        ranges are None without feedback.
+    """
+    def seq_range(column: str) -> list[int] | None:
+        return [int(labelled[column].min()), int(labelled[column].max())] if len(labelled) else None
+
+    reviewers = labelled["reviewer"].dropna().astype(str) if "reviewer" in labelled.columns else pd.Series([], dtype=str)
+    return {"rows": len(labelled), "train_rows": int(train_rows), "holdout_rows": int(holdout_rows),
+            "reviewers": sorted(set(reviewers)),
+            "request_ids": ({"first": str(labelled["request_id"].iloc[0]), "last": str(labelled["request_id"].iloc[-1])}
+                            if len(labelled) else None),
+            "request_seq": seq_range("seq"), "feedback_seq": seq_range("feedback_seq")}
+
+
+def record_gate(home: Home, challenger_tag: str, verdict: GateResult, actor: str) -> int:
+    """Append the ``gated`` event of ``challenger_tag`` (detail: both metric dicts, promoted,
+    holdout_rows) to the home's event log; returns its id."""
+    return EventLog(home.store_url).record(GATED, verdict.reason, tag=challenger_tag, actor=actor, detail={
+        "champion": verdict.champion, "challenger": verdict.challenger, "promoted": verdict.promoted,
+        "holdout_rows": verdict.holdout_rows})
+
+
+def gate_stored(home: Home, champion_tag: str, challenger_tag: str, cfg: RetrainConfig) -> GateResult:
+    """Gate two stored models of one task on the champion's holdout: the test split of its data, read as a
+    retrain of it would (:func:`retrain_config`), both scored as that retrain's run would score them.
+
+    For ``tuneloop models promote``; records nothing.
+
+    Raises:
+        tuneloop.state.registry.ModelNotFoundError: a tag is not in the store.
+        ValueError: the two models are of different tasks, or the holdout is empty.
+        tuneloop.training.data.DataError: the champion's training data cannot be read.
+    """
+    champion, challenger = get_model(home, champion_tag), get_model(home, challenger_tag)
+    task, other = task_of(dict(champion.info.metadata)), task_of(dict(challenger.info.metadata))
+    if task.name != other.name:
+        raise ValueError(f"{challenger_tag} is a {other.name} model and {champion_tag} a {task.name} model: "
+                         "the gate compares models of one task")
+    train_cfg = retrain_config(champion, cfg)
+    holdout = base_holdout(task.name, task.load_splits(train_cfg))
+    return run_gate(task.with_config(train_cfg), task.load_predictor(champion.path),
+                    task.load_predictor(challenger.path), holdout, cfg.gate)
+
+
 def retrain_and_gate(home: Home, champion_tag: str, labelled: pd.DataFrame, cfg: RetrainConfig,
-                     recent_unlabelled: pd.DataFrame | None = None) -> RetrainOutcome:
+                     recent_unlabelled: pd.DataFrame | None = None, lineage: dict | None = None,
+                     actor: str = "monitor") -> RetrainOutcome:
     """Train a challenger, save it (not promoted), gate it, and promote it when it wins.
 
     Args:
@@ -118,15 +190,17 @@ def retrain_and_gate(home: Home, champion_tag: str, labelled: pd.DataFrame, cfg:
         recent_unlabelled: recent traffic rows without feedback (column ``text``): the challenger's
             drift reference is re-baselined on them (the traffic that made the old model degrade is
             the new normal); rows with feedback are left out because the challenger trained on them.
+        lineage: what triggered the retrain (``{"kind": "drift" | "schedule" | "manual" | "job", ...}``:
+            the decision's window seq range, the fired signals, ... when known); None: ``{"kind":
+            "manual"}``. Saved in the challenger's metadata as ``lineage.trigger``, beside the feedback it
+            used (:func:`feedback_lineage`), its data hash and its parent.
+        actor: who retrains (``monitor``, ``retrain``), for the ``gated`` and ``promoted`` events.
     """
     start = time.perf_counter()
     champion = get_model(home, champion_tag)
     task = task_of(dict(champion.info.metadata))
     # the champion's whole data configuration; the recipe comes from the retraining preset
-    base = TrainConfig.for_preset(cfg.preset, **data_config(champion.info.metadata["train_config"]))
-    # progress lines (one per 10 s off a terminal, tuneloop.training.progress) go to the monitor's log
-    # a challenger needs no base-model comparison (generation's compare_base): the gate compares it with the champion
-    train_cfg = base.model_copy(update={"compare_base": False, **cfg.overrides, "progress": True})
+    train_cfg = retrain_config(champion, cfg)
     splits = task.load_splits(train_cfg)
     fb_train, fb_held, holdout = feedback_examples(task.name, labelled, splits, cfg.holdout_feedback_fraction)
     extra = pd.concat([fb_train] * cfg.feedback_weight, ignore_index=True) if len(fb_train) else None
@@ -134,13 +208,17 @@ def retrain_and_gate(home: Home, champion_tag: str, labelled: pd.DataFrame, cfg:
              cfg.feedback_weight)
     result = task.fine_tune(train_cfg, splits, extra_train=extra)
     challenger_tag = task.save(home, train_cfg, splits, result,
-                               extra_meta={"parent": champion_tag, "feedback_rows": len(fb_train)},
+                               extra_meta={"parent": champion_tag, "feedback_rows": len(fb_train), "lineage": {
+                                   "trigger": lineage or {"kind": "manual"}, "parent": champion_tag,
+                                   "feedback": feedback_lineage(labelled, len(fb_train), len(fb_held)),
+                                   "data_sha256": splits.report.train_sha256}},
                                reference_rows=_reference_rows(recent_unlabelled, fb_held))
     champion_predictor = task.load_predictor(champion.path, device=result.classifier.device)
     # both models are scored as the challenger's training run scored it (generation: its eval_rows and budget)
     verdict = run_gate(task.with_config(train_cfg), champion_predictor, result.classifier, holdout, cfg.gate)
+    record_gate(home, challenger_tag, verdict, actor)
     if verdict.promoted:
-        promote(home, challenger_tag, reason=verdict.reason)
+        promote(home, challenger_tag, reason=verdict.reason, actor=actor, detail={"gate": "passed"})
     return RetrainOutcome(
         champion_tag=champion_tag, challenger_tag=challenger_tag, champion_metrics=verdict.champion,
         challenger_metrics=verdict.challenger, promoted=verdict.promoted, reason=verdict.reason,

@@ -54,13 +54,22 @@ COMPLETED = ("retrain_promoted", "retrain_rejected")
 @dataclass(frozen=True)
 class DueRetrain:
     """The decision a run serves: the newest ``retrain_due`` row (id 0 and no window when forced
-    without one)."""
+    without one), with the signals its policy counted (``fired``; empty when unknown)."""
 
     decision_id: int = 0
     window_start_seq: int = 0
     window_end_seq: int = 0
     window_size: int = 0
     reason: str = ""
+    fired: tuple[str, ...] = ()
+
+    def trigger(self, job: dict) -> dict:
+        """The lineage trigger of a run serving this decision: ``{"kind": "job", "decision_id", "window",
+        "signals", "reason", "run_id"}``, or ``{"kind": "manual", "run_id"}`` for a forced run without one."""
+        if not self.decision_id:
+            return {"kind": "manual", "run_id": job.get("run_id")}
+        return {"kind": "job", "decision_id": self.decision_id, "window": [self.window_start_seq, self.window_end_seq],
+                "signals": list(self.fired), "reason": self.reason, "run_id": job.get("run_id")}
 
 
 @dataclass(frozen=True)
@@ -89,7 +98,13 @@ def pending_retrain(audit: AuditLog) -> DueRetrain | None:
                               .order_by(DecisionRow.id.desc()).limit(1)).first()
     if row is None or row.id <= int(audit.get_state(SERVED_KEY, 0)):
         return None
-    return DueRetrain(row.id, row.window_start_seq, row.window_end_seq, row.window_size, row.reason)
+    return _due(row)
+
+
+def _due(row: DecisionRow) -> DueRetrain:
+    """The DueRetrain of a ``retrain_due`` row."""
+    fired = (json.loads(row.signals) if row.signals else {}).get("fired") or ()
+    return DueRetrain(row.id, row.window_start_seq, row.window_end_seq, row.window_size, row.reason, tuple(fired))
 
 
 def newest_feedback_seq(traffic: TrafficLog) -> int:
@@ -110,7 +125,7 @@ def due_by_id(audit: AuditLog, decision_id: int) -> DueRetrain:
         row = session.get(DecisionRow, decision_id)
         if row is None or row.decision != RETRAIN_DUE:
             raise LookupError(f"decision {decision_id} is not a {RETRAIN_DUE} decision")
-        return DueRetrain(row.id, row.window_start_seq, row.window_end_seq, row.window_size, row.reason)
+        return _due(row)
 
 
 def record(audit: AuditLog, due: DueRetrain, action: str, reason: str, champion_tag: str, job: dict,
@@ -138,7 +153,7 @@ def serve_due(home: Home, cfg: MonitorConfig, due: DueRetrain, job: dict) -> Job
     why = due.reason.split(". ")[0] if due.decision_id else "forced (--force), no retrain due"
     ctx = ActContext(home, cfg, traffic, audit, MonitorMetrics())
     result = run_retrain(ctx, champion, f"Job for decision {due.decision_id} ({why}).", lock=False,
-                         feedback_until=job.get("feedback_seq"))
+                         feedback_until=job.get("feedback_seq"), trigger=due.trigger(job), actor="retrain")
     row = record(audit, due, result.action, result.reason, champion, job, result.outcome)
     if result.action in COMPLETED:
         audit.set_state(FEEDBACK_CURSOR_KEY, result.feedback_cursor)
