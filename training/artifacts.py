@@ -11,7 +11,7 @@ import pandas as pd
 
 from tuneloop.state.home import Home
 from tuneloop.state.registry import CALIBRATION_FILE, REFERENCE_FILE, save_model
-from tuneloop.training.card import model_card
+from tuneloop.training.card import CARD_FILE, model_card
 from tuneloop.training.config import TrainConfig
 from tuneloop.training.data import DataSplits
 from tuneloop.training.evaluate import evaluate_predictions
@@ -19,7 +19,6 @@ from tuneloop.training.model import default_base_model
 from tuneloop.training.predict import Classifier
 
 EVALUATION_DIR = "evaluation"
-CARD_FILE = "MODEL_CARD.md"
 
 
 def reference_sample(clf: Classifier, rows: pd.DataFrame, size: int, seed: int) -> pd.DataFrame:

@@ -3,6 +3,8 @@ after Mitchell et al. 2019, "Model Cards for Model Reporting"."""
 
 from __future__ import annotations
 
+CARD_FILE = "MODEL_CARD.md"  # the card's name in every model version folder (classification and generation)
+
 
 def _fmt(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)

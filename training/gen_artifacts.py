@@ -11,11 +11,11 @@ import pandas as pd
 
 from tuneloop.state.home import Home
 from tuneloop.state.registry import REFERENCE_FILE, save_model
+from tuneloop.training.card import CARD_FILE
 from tuneloop.training.config import TrainConfig
 from tuneloop.training.data import DataSplits
 
 EVALUATION_DIR = "evaluation"
-CARD_FILE = "MODEL_CARD.md"
 SAMPLES_FILE = "samples.jsonl"  # (prompt, reference, base reply, fine-tuned reply) per scored test row
 SUMMARY_KEYS = ("perplexity", "rouge1", "rouge2", "rougeL", "bleu", "chrf", "stop_rate", "placeholder_fidelity",
                 "length_ratio", "mean_logprob", "n", "n_perplexity", "max_new_tokens")
