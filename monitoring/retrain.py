@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from tuneloop.monitoring.feedback_rows import feedback_rows
 from tuneloop.monitoring.gate import GateConfig, GateResult, run_gate
+from tuneloop.monitoring.warm_start import DEFAULT_WARM_START, WARM_START_LR_SCALE, WarmStart, warm_start_configs
 from tuneloop.state.events import GATED, EventLog
 from tuneloop.state.home import Home
 from tuneloop.state.registry import get_model, promote
@@ -41,6 +42,11 @@ class RetrainConfig(BaseModel):
                                 "reference is re-baselined on (fewer than half of them: keep the validation split).")
     gate: GateConfig = Field(default_factory=GateConfig)
     overrides: dict = Field(default_factory=dict, description="TrainConfig fields to force (e.g. epochs).")
+    warm_start: WarmStart = Field(DEFAULT_WARM_START, description="champion: continue from the champion's weights "
+                                  "at warm_start_lr_scale times the preset's learning rate (incremental training); "
+                                  "base: start from the base model, as the champion's first run did.")
+    warm_start_lr_scale: float = Field(WARM_START_LR_SCALE, gt=0, le=1, description="Learning-rate factor of a "
+                                       "champion warm start.")
 
 
 @dataclass
@@ -57,6 +63,8 @@ class RetrainOutcome:
     feedback_holdout_rows: int
     holdout_rows: int
     seconds: float
+    warm_start: str = "base"  # where training started: champion or base (tuneloop.monitoring.warm_start)
+    train_seconds: float | None = None  # of which fine-tuning (s)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -178,7 +186,7 @@ def gate_stored(home: Home, champion_tag: str, challenger_tag: str, cfg: Retrain
 
 def retrain_and_gate(home: Home, champion_tag: str, labelled: pd.DataFrame, cfg: RetrainConfig,
                      recent_unlabelled: pd.DataFrame | None = None, lineage: dict | None = None,
-                     actor: str = "monitor") -> RetrainOutcome:
+                     actor: str = "monitor", promote_winner: bool = True) -> RetrainOutcome:
     """Train a challenger, save it (not promoted), gate it, and promote it when it wins.
 
     Args:
@@ -195,6 +203,11 @@ def retrain_and_gate(home: Home, champion_tag: str, labelled: pd.DataFrame, cfg:
             "manual"}``. Saved in the challenger's metadata as ``lineage.trigger``, beside the feedback it
             used (:func:`feedback_lineage`), its data hash and its parent.
         actor: who retrains (``monitor``, ``retrain``), for the ``gated`` and ``promoted`` events.
+        promote_winner: False: gate only, never promote (a measurement such as the demo's warm-start
+            comparison); the outcome's ``promoted`` is then False and its reason says so.
+
+    Training starts where ``cfg.warm_start`` says (:func:`tuneloop.monitoring.warm_start.warm_start_configs`);
+    the challenger's metadata records it under ``warm_start``.
     """
     start = time.perf_counter()
     champion = get_model(home, champion_tag)
@@ -206,22 +219,28 @@ def retrain_and_gate(home: Home, champion_tag: str, labelled: pd.DataFrame, cfg:
     extra = pd.concat([fb_train] * cfg.feedback_weight, ignore_index=True) if len(fb_train) else None
     log.info("retraining %s on %d rows + %d feedback rows (x%d)", champion_tag, len(splits.train), len(fb_train),
              cfg.feedback_weight)
-    result = task.fine_tune(train_cfg, splits, extra_train=extra)
-    challenger_tag = task.save(home, train_cfg, splits, result,
-                               extra_meta={"parent": champion_tag, "feedback_rows": len(fb_train), "lineage": {
-                                   "trigger": lineage or {"kind": "manual"}, "parent": champion_tag,
-                                   "feedback": feedback_lineage(labelled, len(fb_train), len(fb_held)),
-                                   "data_sha256": splits.report.train_sha256}},
+    # a classifier head maps output i to label i (its label list must match); a causal LM has no such head
+    fit_cfg, saved_cfg, warm = warm_start_configs(
+        train_cfg, cfg.warm_start, str(champion.path), dict(champion.info.metadata),
+        splits.labels if task.name == "classification" else None, cfg.warm_start_lr_scale)
+    result = task.fine_tune(fit_cfg, splits, extra_train=extra)
+    challenger_tag = task.save(home, saved_cfg, splits, result,
+                               extra_meta={"parent": champion_tag, "feedback_rows": len(fb_train), "warm_start": warm,
+                                           "lineage": {
+                                               "trigger": lineage or {"kind": "manual"}, "parent": champion_tag,
+                                               "feedback": feedback_lineage(labelled, len(fb_train), len(fb_held)),
+                                               "data_sha256": splits.report.train_sha256}},
                                reference_rows=_reference_rows(recent_unlabelled, fb_held))
     champion_predictor = task.load_predictor(champion.path, device=result.classifier.device)
     # both models are scored as the challenger's training run scored it (generation: its eval_rows and budget)
     verdict = run_gate(task.with_config(train_cfg), champion_predictor, result.classifier, holdout, cfg.gate)
     record_gate(home, challenger_tag, verdict, actor)
-    if verdict.promoted:
+    if verdict.promoted and promote_winner:
         promote(home, challenger_tag, reason=verdict.reason, actor=actor, detail={"gate": "passed"})
     return RetrainOutcome(
         champion_tag=champion_tag, challenger_tag=challenger_tag, champion_metrics=verdict.champion,
-        challenger_metrics=verdict.challenger, promoted=verdict.promoted, reason=verdict.reason,
+        challenger_metrics=verdict.challenger, promoted=verdict.promoted and promote_winner,
+        reason=verdict.reason + ("" if promote_winner or not verdict.promoted else " (not promoted: gate only)"),
         feedback_train_rows=len(fb_train), feedback_holdout_rows=len(fb_held), holdout_rows=verdict.holdout_rows,
-        seconds=time.perf_counter() - start,
+        seconds=time.perf_counter() - start, warm_start=warm["warm_start"], train_seconds=round(result.seconds, 2),
     )
