@@ -7,8 +7,9 @@ Its own module so that the cycle's stages (:mod:`~tuneloop.monitoring.observe`,
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tuneloop.monitoring.cron import cron_trigger
 from tuneloop.monitoring.label_queue import DEFAULT_QUEUE_SIZE
 from tuneloop.monitoring.policy import DriftPolicy
 from tuneloop.monitoring.retrain import RetrainConfig
@@ -52,3 +53,14 @@ class MonitorConfig(BaseModel):
                         "(alpha, min_labels, max_accuracy_drop come from the policy, so report and decision agree).")
     policy: DriftPolicy = Field(default_factory=DriftPolicy)
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+    retrain_cron: str | None = Field(None, description="Also retrain on this crontab schedule (minute hour day-of-month "
+                                     "month day-of-week, UTC; e.g. '0 3 * * 0': Sundays 03:00), even without drift, "
+                                     "when feedback came in since the last retrain; same gate. None: only on drift.")
+
+    @field_validator("retrain_cron")
+    @classmethod
+    def _check_cron(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        cron_trigger(value)  # raises ValueError saying what is wrong
+        return " ".join(value.split())
