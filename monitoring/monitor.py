@@ -48,6 +48,7 @@ from tuneloop.monitoring.observe import (  # noqa: F401 (ChampionView re-exporte
     read_span,
 )
 from tuneloop.monitoring.policy import Decision
+from tuneloop.monitoring.schedule import add_retrain_schedule
 from tuneloop.monitoring.tasks import monitoring_task
 from tuneloop.state.audit import AuditLog
 from tuneloop.state.home import Home
@@ -171,7 +172,9 @@ def run_scheduler(monitor: Monitor, interval_seconds: float, stop_after: float |
     """Run ``monitor.cycle`` now and then every ``interval_seconds`` until SIGINT/SIGTERM (or
     ``stop_after`` seconds). Blocks the calling thread. Returns without waiting for a cycle that
     is still running (a retrain): the caller exits the process, abandoning it, which is safe
-    because a model version is written to the store and promoted atomically or not at all."""
+    because a model version is written to the store and promoted atomically or not at all.
+    With ``monitor.cfg.retrain_cron`` a second job retrains on that schedule too, drift or not
+    (:mod:`tuneloop.monitoring.schedule`; under the same retrain lock)."""
     import signal
     import threading
     from datetime import datetime
@@ -191,6 +194,8 @@ def run_scheduler(monitor: Monitor, interval_seconds: float, stop_after: float |
 
     sched.add_job(job, "interval", seconds=interval_seconds, id="monitor-cycle", replace_existing=True,
                   next_run_time=datetime.now(UTC))
+    if monitor.cfg.retrain_cron:  # retraining on a calendar too, without drift (tuneloop.monitoring.schedule)
+        add_retrain_schedule(sched, monitor.act_context(), monitor.cfg.retrain_cron)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     sched.start()
