@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Literal
 
 import typer
 
@@ -33,6 +34,25 @@ def load_monitor_config(config: Path | None, raw_overrides: dict | None = None):
         raise typer.Exit(2) from exc
 
 
+def check_cron_option(value: str | None) -> str | None:
+    """Typer callback of ``--retrain-cron``: the expression, or BadParameter saying what is wrong."""
+    from tuneloop.monitoring.cron import cron_trigger
+
+    if value is None:
+        return None
+    try:
+        cron_trigger(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    return value
+
+
+WarmStartChoice = Literal["champion", "base"]  # RetrainConfig.warm_start (tuneloop.monitoring.warm_start)
+WARM_START_HELP = ("Where a challenger's training starts: champion (its weights, at a smaller learning rate: "
+                   "incremental training) or base (the base model, as the champion's first run). Default: the "
+                   "config's retrain.warm_start.")
+
+
 def monitor(
     home: Path = typer.Option(DEFAULT_HOME, "--home", envvar="TUNELOOP_HOME", help="Run-state folder."),
     config: Path | None = typer.Option(None, "--config", exists=True, dir_okay=False,
@@ -50,6 +70,13 @@ def monitor(
                                     "tuneloop_monitor_retrains_total{outcome=\"deferred\"}) and train nothing; "
                                     "`tuneloop retrain`, run by an external scheduler, serves it. For more than one "
                                     "monitor, or retraining on other machines."),
+    retrain_cron: str | None = typer.Option(
+        None, "--retrain-cron", callback=check_cron_option, metavar="CRON",
+        help="Also retrain on this schedule, drift or not: a crontab expression 'minute hour day-of-month month "
+             "day-of-week' in UTC (e.g. '0 3 * * 0': Sundays at 03:00; day of week 0 and 7 are Sunday). A firing "
+             "trains only when feedback came in since the last retrain (else it audits retrain_skipped), through "
+             "the same lock and gate as a drift retrain; with --no-retrain it records retrain_due."),
+    warm_start: WarmStartChoice | None = typer.Option(None, "--warm-start", help=WARM_START_HELP),
     db_url: str | None = typer.Option(None, "--db-url", envvar=DB_URL_ENV, help=DB_URL_HELP),
     verbose: bool = typer.Option(True, "--verbose/--quiet", help="Log each decision."),
 ) -> None:
@@ -79,6 +106,10 @@ def monitor(
             raw.setdefault("policy", {})[key] = value
     if min_gain is not None:
         raw["retrain"] = {"gate": {"min_gain": min_gain}}
+    if warm_start is not None:
+        raw.setdefault("retrain", {})["warm_start"] = warm_start
+    if retrain_cron is not None:
+        raw["retrain_cron"] = retrain_cron
     cfg = load_monitor_config(config, raw)
     home_obj = Home(home, db_url=db_url)
     if read_champion(home_obj) is None:
@@ -95,6 +126,13 @@ def monitor(
         mon.metrics.serve(cfg.metrics_port)
         typer.echo(f"monitor metrics on http://127.0.0.1:{cfg.metrics_port}/metrics")
     typer.echo(f"monitoring {home_obj.root} every {cfg.interval_seconds:g} s (Ctrl-C to stop)")
+    if cfg.retrain_cron:
+        from datetime import UTC, datetime
+
+        from tuneloop.monitoring.cron import next_fire
+
+        typer.echo(f"retraining on cron '{cfg.retrain_cron}' (UTC) too, next at "
+                   f"{next_fire(cfg.retrain_cron, datetime.now(UTC)):%Y-%m-%d %H:%M} UTC")
     run_scheduler(mon, cfg.interval_seconds)
     typer.echo("monitor stopped")
     logging.shutdown()

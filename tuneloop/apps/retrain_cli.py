@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from tuneloop.apps.monitor_cli import DB_URL_HELP, load_monitor_config
+from tuneloop.apps.monitor_cli import DB_URL_HELP, WARM_START_HELP, WarmStartChoice, load_monitor_config
 from tuneloop.apps.train_cli import NPROC_HELP
 from tuneloop.state.home import DB_URL_ENV, DEFAULT_HOME
 
@@ -22,6 +22,7 @@ def retrain(
                                             "to retrain and gate (preset, overrides, gate margins)."),
     force: bool = typer.Option(False, "--force", help="Retrain even when no retrain is due."),
     nproc: int = typer.Option(1, "--nproc", min=1, help=NPROC_HELP),
+    warm_start: WarmStartChoice | None = typer.Option(None, "--warm-start", help=WARM_START_HELP),
     verbose: bool = typer.Option(True, "--verbose/--quiet", help="Log progress."),
     job: str | None = typer.Option(None, "--job", hidden=True,
                                    help="Internal: the run a torchrun worker belongs to (JSON)."),
@@ -46,7 +47,7 @@ def retrain(
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.ERROR)
-    cfg = load_monitor_config(config)
+    cfg = load_monitor_config(config, {"retrain": {"warm_start": warm_start}} if warm_start else None)
     home_obj = Home(home, db_url=db_url)
     if read_champion(home_obj) is None:
         typer.secho(f"error: no champion model in {home_obj.root}; run `tuneloop train --home {home_obj.root}` first",
@@ -64,12 +65,12 @@ def retrain(
         result = serve_job(home_obj, cfg, json.loads(job))
     else:
         result = run_job(home_obj, cfg, force=force, nproc=nproc,
-                         launch=lambda run: launch_workers(home_obj, config, verbose, run, nproc))
+                         launch=lambda run: launch_workers(home_obj, config, verbose, run, nproc, warm_start))
     typer.echo(f"{result.action}: {result.reason}")
     raise typer.Exit(result.exit_code)
 
 
-def launch_workers(home, config: Path | None, verbose: bool, run: dict, nproc: int) -> int:
+def launch_workers(home, config: Path | None, verbose: bool, run: dict, nproc: int, warm_start: str | None = None) -> int:
     """Run ``tuneloop retrain --job <run>`` in ``nproc`` torchrun processes (the store URL through
     ``$TUNELOOP_DB_URL``, not the command line); returns torchrun's exit code."""
     from tuneloop.training.distributed import relaunch
@@ -77,5 +78,7 @@ def launch_workers(home, config: Path | None, verbose: bool, run: dict, nproc: i
     args = ["retrain", "--home", str(home.root), "--job", json.dumps(run), "--verbose" if verbose else "--quiet"]
     if config is not None:
         args += ["--config", str(Path(config).resolve())]
+    if warm_start is not None:
+        args += ["--warm-start", warm_start]
     return relaunch(args, nproc, env={DB_URL_ENV: home.db_url} if home.db_url else None)
 
