@@ -11,6 +11,7 @@ import os
 import typer
 
 from tuneloop.apps.demo_cli import demo
+from tuneloop.apps.models_cli import models_app
 from tuneloop.apps.monitor_cli import monitor
 from tuneloop.apps.retrain_cli import retrain
 from tuneloop.apps.serve_cli import serve
@@ -42,6 +43,7 @@ app.command("serve")(serve)
 app.command("monitor")(monitor)
 app.command("retrain")(retrain)
 app.command("demo")(demo)
+app.add_typer(models_app, name="models")
 
 if __name__ == "__main__":
     app()

@@ -1,0 +1,257 @@
+"""``tuneloop models``: list, show, diff, promote and roll back the model versions of a home.
+
+A thin Typer layer: the rows and dicts come from :mod:`tuneloop.apps.models_view`, the promotion and
+rollback from :mod:`tuneloop.apps.models_actions`; this module only parses options, renders rich
+tables (or, with ``--json``, one JSON document) and maps errors to exit codes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import typer
+
+from tuneloop.state.home import DB_URL_ENV, DB_URL_HELP, DEFAULT_HOME, HOME_ENV
+
+EXIT_OK, EXIT_REFUSED, EXIT_BAD_INPUT = 0, 1, 2  # documented in each command's help
+# BentoML's tag grammar (name[:version], lowercase letters, digits, '-', '_', '.'), bounded in length
+TAG_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}(:[a-z0-9][a-z0-9._-]{0,127})?")
+CARD_LINES = 40  # card lines `models show` prints on a terminal (--card prints all; --json holds all)
+
+models_app = typer.Typer(
+    name="models", no_args_is_help=True, pretty_exceptions_enable=False,
+    help="The model registry of a home: every trained version, its metrics and lineage, the champion "
+         "pointer. Promote a version (through the gate unless --force) or roll back to the previous champion; "
+         "every move is audited in the event log (actor `cli`). Exit codes: 0 ok, 1 refused (the gate kept the "
+         "champion, or the tag is blocked), 2 bad input (unknown tag, nothing to roll back).",
+)
+
+HOME_OPTION = typer.Option(DEFAULT_HOME, "--home", envvar=HOME_ENV, help="Run-state folder (model store, champion pointer).")
+DB_URL_OPTION = typer.Option(None, "--db-url", envvar=DB_URL_ENV, help=DB_URL_HELP)
+JSON_OPTION = typer.Option(False, "--json", help="Print one JSON document (for scripts) instead of tables.")
+
+
+def _tag(value: str | None) -> str | None:
+    """Typer callback: a tag in BentoML's grammar (``name`` or ``name:version``), else BadParameter."""
+    if value is not None and not TAG_PATTERN.fullmatch(value):
+        raise typer.BadParameter(f"{value[:80]!r} is not a model tag (name:version, as `tuneloop models list` prints)")
+    return value
+
+
+def _home(home: Path, db_url: str | None):
+    from tuneloop.state.home import Home
+
+    return Home(home, db_url=db_url)
+
+
+def _print_json(doc) -> None:
+    typer.echo(json.dumps(doc, indent=1, default=str))
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.secho(f"error: {message}", fg="red", err=True)
+    return typer.Exit(code)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+@models_app.command("list")
+def list_cmd(home: Path = HOME_OPTION, db_url: str | None = DB_URL_OPTION, as_json: bool = JSON_OPTION) -> None:
+    """List every model version, oldest first.
+
+    Columns: tag, task, created (UTC), base model, primary metric on its test split, markers (* champion, ^ previous champion: where `models rollback` goes), the gate's verdict
+    (`-`: no gate judged it, e.g. the first model) and whether it is blocked."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from tuneloop.apps.models_view import model_rows
+
+    doc = model_rows(_home(home, db_url))
+    if as_json:
+        _print_json(doc)
+        return
+    if not doc["models"]:
+        typer.echo(f"no models in {Path(home).resolve()}: `tuneloop train --home {home}` makes the first")
+        return
+    table = Table(title="models (* champion, ^ previous champion)")
+    for col in ("", "tag", "task", "created", "base model", "metric", "gate", "blocked"):
+        table.add_column(col)
+    for row in doc["models"]:
+        mark = "*" if row["champion"] else ("^" if row["previous"] else "")
+        metric = f"{row['metric']['name']} {_fmt(row['metric']['value'])}" if row["metric"]["name"] else "-"
+        table.add_row(mark, row["tag"], row["task"], row["created"], _fmt(row["base_model"]), metric, row["gate"],
+                      "yes" if row["blocked"] else "")
+    Console().print(table)
+
+
+@models_app.command("show")
+def show_cmd(
+    tag: str | None = typer.Argument(None, callback=_tag, help="The model (default: the champion)."),
+    home: Path = HOME_OPTION, db_url: str | None = DB_URL_OPTION, as_json: bool = JSON_OPTION,
+    card: bool = typer.Option(False, "--card", help=f"Print the whole model card (default: its first {CARD_LINES} lines)."),
+) -> None:
+    """Show one model: metadata, evaluation, model card, lineage.
+
+    The lineage chain is the model, its
+    parent, the parent's parent, ...: what triggered each retrain, the feedback it trained on, the data
+    hash, the gate's verdict, promotions and rollbacks). Exit 2: unknown tag, or no champion."""
+    from rich.console import Console
+    from rich.markdown import Markdown
+    from rich.table import Table
+
+    from tuneloop.apps.models_view import describe_feedback, describe_trigger, flat_metrics, model_detail
+    from tuneloop.state.registry import ModelNotFoundError
+
+    try:
+        doc = model_detail(_home(home, db_url), tag)
+    except ModelNotFoundError as exc:
+        raise _fail(str(exc), EXIT_BAD_INPUT) from exc
+    if as_json:
+        _print_json(doc)
+        return
+    console, row, meta = Console(), doc["row"], doc["metadata"]
+    marks = [m for m, on in (("champion", row["champion"]), ("previous champion", row["previous"]),
+                             ("BLOCKED", row["blocked"])) if on]
+    console.print(f"[bold]{doc['tag']}[/bold] {' '.join(f'[{m}]' for m in marks)}", highlight=False)
+    facts = Table(show_header=False, box=None)
+    for key, value in (("task", row["task"]), ("created", row["created"]), ("base model", row["base_model"]),
+                       ("path", doc["path"]), ("data sha256", meta.get("data_sha256")),
+                       ("train rows", meta.get("train_rows")), ("parent", meta.get("parent")), ("gate", row["gate"])):
+        facts.add_row(key, _fmt(value))
+    console.print(facts)
+    metrics = Table(title="evaluation")
+    metrics.add_column("metric")
+    metrics.add_column("value", justify="right")
+    for key, value in flat_metrics(doc["metrics"]).items():
+        metrics.add_row(key, _fmt(value))
+    console.print(metrics)
+    chain = Table(title="lineage (newest first)")
+    for col in ("tag", "trigger", "feedback", "data sha256", "gate", "promotions", "rollbacks"):
+        chain.add_column(col)
+    for link in doc["lineage"]:
+        if link["missing"]:
+            chain.add_row(link["tag"], "(not in the store)", "", "", "", "", "")
+            continue
+        gate = link["gate"]["verdict"] if link["gate"] else "-"
+        promos = ", ".join(f"{p['at']} by {p['actor'] or '?'}" for p in link["promotions"]) or "-"
+        backs = ", ".join(f"{r['at']} by {r['actor'] or '?'}: {r['reason']}" for r in link["rollbacks"]) or "-"
+        chain.add_row(link["tag"], describe_trigger(link["trigger"]), describe_feedback(link["feedback"]),
+                      (link["data_sha256"] or "-")[:12], gate + (" (blocked)" if link["blocked"] else ""), promos, backs)
+    console.print(chain)
+    if doc["card"]:
+        lines = doc["card"].splitlines()
+        console.print(Markdown("\n".join(lines if card else lines[:CARD_LINES])))
+        if not card and len(lines) > CARD_LINES:
+            console.print(f"... ({len(lines) - CARD_LINES} more lines: --card)")
+
+
+@models_app.command("diff")
+def diff_cmd(
+    tag_a: str = typer.Argument(..., callback=_tag, help="The first model (column a)."),
+    tag_b: str = typer.Argument(..., callback=_tag, help="The second model (column b)."),
+    home: Path = HOME_OPTION, db_url: str | None = DB_URL_OPTION, as_json: bool = JSON_OPTION,
+) -> None:
+    """Compare two models' metrics side by side.
+
+    Stored metrics with the difference (b - a), and the facts that differ
+    (task, base model, data hash, training rows, parent). Exit 2: unknown tag."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from tuneloop.apps.models_view import model_diff
+    from tuneloop.state.registry import ModelNotFoundError
+
+    try:
+        doc = model_diff(_home(home, db_url), tag_a, tag_b)
+    except ModelNotFoundError as exc:
+        raise _fail(str(exc), EXIT_BAD_INPUT) from exc
+    if as_json:
+        _print_json(doc)
+        return
+    table = Table(title=f"a = {doc['a']}, b = {doc['b']}")
+    for col in ("metric", "a", "b", "b - a"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for row in doc["metrics"]:
+        diff = "-" if row["diff"] is None else f"{row['diff']:+.4f}"
+        table.add_row(row["metric"], _fmt(row["a"]), _fmt(row["b"]), diff)
+    for fact in doc["facts"]:
+        if fact["a"] != fact["b"]:
+            table.add_row(fact["field"], _fmt(fact["a"]), _fmt(fact["b"]), "")
+    Console().print(table)
+
+
+@models_app.command("promote")
+def promote_cmd(
+    tag: str = typer.Argument(..., callback=_tag, help="The model to make the champion."),
+    reason: str = typer.Option(..., "--reason", help="Why (goes into the audit trail; at most 500 characters)."),
+    force: bool = typer.Option(False, "--force", help="Skip the gate, and promote a blocked tag (recording `unblocked`)."),
+    config: Path | None = typer.Option(None, "--config", exists=True, dir_okay=False,
+                                       help="The monitor's YAML (MonitorConfig): its `retrain` section says how the "
+                                            "gate judges (gate margins) and reads the champion's data (preset)."),
+    min_gain: float | None = typer.Option(None, "--min-gain", help="Gate: primary-metric gain TAG needs over the "
+                                          "champion (default 0.01; negative tolerates a loss)."),
+    home: Path = HOME_OPTION, db_url: str | None = DB_URL_OPTION, as_json: bool = JSON_OPTION,
+) -> None:
+    """Make TAG the champion, through the gate unless --force.
+
+    Unless --force, the gate first scores the champion and TAG on the champion's
+    holdout (the test split of its data) and promotes only when TAG wins by the gate's margins, as the
+    loop's retrains do; its verdict is recorded (`gated`). A blocked tag (rolled back earlier) is refused
+    unless --force. Audited as `promoted`, actor `cli`. Running services pick the new champion up on their
+    next poll.
+
+    Exit codes: 0 promoted; 1 refused (the gate kept the champion, or TAG is blocked); 2 bad input
+    (unknown tag, TAG is the champion already, models of different tasks, the champion's data unreadable:
+    --force skips the gate)."""
+    from tuneloop.apps.models_actions import PromotionRefused, promote_model
+    from tuneloop.apps.monitor_cli import load_monitor_config
+    from tuneloop.state.registry import ModelNotFoundError
+
+    cfg = load_monitor_config(config, {"retrain": {"gate": {"min_gain": min_gain}}} if min_gain is not None else None)
+    try:
+        outcome = promote_model(_home(home, db_url), tag, reason, cfg.retrain, force=force)
+    except PromotionRefused as refused:
+        if as_json:
+            _print_json(refused.outcome.to_dict())
+        raise _fail(refused.outcome.message, EXIT_REFUSED) from refused
+    except (ModelNotFoundError, ValueError) as exc:  # a DataError (unreadable data) is a ValueError
+        raise _fail(str(exc), EXIT_BAD_INPUT) from exc
+    if as_json:
+        _print_json(outcome.to_dict())
+    else:
+        typer.echo(outcome.message)
+        if outcome.gate:
+            typer.echo(f"gate: {outcome.gate['reason']}")
+
+
+@models_app.command("rollback")
+def rollback_cmd(
+    reason: str = typer.Option(..., "--reason", help="Why (goes into the audit trail; at most 500 characters)."),
+    no_block: bool = typer.Option(False, "--no-block", help="Do not block the reverted model (by default it may "
+                                  "not be promoted again without `models promote --force`)."),
+    home: Path = HOME_OPTION, db_url: str | None = DB_URL_OPTION, as_json: bool = JSON_OPTION,
+) -> None:
+    """Roll the champion back to the previous one.
+
+    The previous champion is the newest earlier champion that is not blocked. Audited as
+    `rolled_back` (and `blocked`, unless --no-block), actor `cli`.
+
+    Exit codes: 0 rolled back; 2 bad input (no champion, nothing earlier to roll back to, no reason)."""
+    from tuneloop.apps.models_actions import rollback_model
+    from tuneloop.state.registry import ModelNotFoundError
+
+    try:
+        outcome = rollback_model(_home(home, db_url), reason, block=not no_block)
+    except (ModelNotFoundError, ValueError) as exc:
+        raise _fail(str(exc), EXIT_BAD_INPUT) from exc
+    if as_json:
+        _print_json(outcome.to_dict())
+    else:
+        typer.echo(f"rolled back {outcome.reverted} -> {outcome.champion}"
+                   + (f"; {outcome.reverted} is blocked (models promote --force lifts it)" if outcome.blocked else ""))
