@@ -50,6 +50,7 @@ Always:
     tuneloop_monitor_champion_info{tag}             1 for the tag the monitor judges against
     tuneloop_monitor_retraining                     1 while a challenger trains
     tuneloop_monitor_retrains_total{outcome}        retrains: promoted / rejected / failed
+    tuneloop_monitor_rollbacks_total                champions rolled back by the post-swap watch (tuneloop.monitoring.watch)
     tuneloop_monitor_last_check_timestamp_seconds   Unix time of the last check (a skipped small window too)
     tuneloop_monitor_last_cycle_timestamp_seconds   Unix time of the last judged window
     tuneloop_monitor_cycle_duration_seconds         duration of the last judged cycle
@@ -146,6 +147,7 @@ class MonitorMetrics:
         self.interval = gauge("interval_seconds", "Configured seconds between checks")
         self.decisions = counter("decisions", "Monitor decisions", ("action",))
         self.retrains = counter("retrains", "Retrains by outcome", ("outcome",))
+        self.rollbacks = counter("rollbacks", "Champions rolled back by the post-swap watch", ())
         for action in ACTIONS:  # series exist from the start: dashboards and rate() see zeros, not gaps
             self.decisions.labels(action)
         for outcome in OUTCOMES:

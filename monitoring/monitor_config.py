@@ -14,11 +14,13 @@ from tuneloop.monitoring.label_queue import DEFAULT_QUEUE_SIZE
 from tuneloop.monitoring.policy import DriftPolicy
 from tuneloop.monitoring.retrain import RetrainConfig
 from tuneloop.monitoring.signals import MIN_ROWS
+from tuneloop.monitoring.watch import WatchConfig
 
 # State keys in the audit table (AuditLog.get_state / set_state).
 CURSOR_KEY = "cursor"  # seq of the newest traffic row judged so far
 POLICY_STATE_KEY = "policy_state"  # the PolicyState the next decide() starts from
 FEEDBACK_CURSOR_KEY = "feedback_cursor"  # feedback seq of the newest label the last retrain saw
+WATCH_STATE_KEY = "watch"  # the post-swap watch (tuneloop.monitoring.watch_step.WatchState)
 
 INTERVAL_SECONDS = 30.0  # chosen: `tuneloop monitor --interval` default (README, "Commands")
 # Chosen bound on the rows one cycle reads and judges (the newest ones): the drift tests subsample to
@@ -53,6 +55,8 @@ class MonitorConfig(BaseModel):
                         "(alpha, min_labels, max_accuracy_drop come from the policy, so report and decision agree).")
     policy: DriftPolicy = Field(default_factory=DriftPolicy)
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+    watch: WatchConfig = Field(default_factory=WatchConfig, description="The post-swap watch of every promoted "
+                               "champion and its automatic rollback (tuneloop.monitoring.watch).")
     retrain_cron: str | None = Field(None, description="Also retrain on this crontab schedule (minute hour day-of-month "
                                      "month day-of-week, UTC; e.g. '0 3 * * 0': Sundays 03:00), even without drift, "
                                      "when feedback came in since the last retrain; same gate. None: only on drift.")
