@@ -5,7 +5,9 @@
 3. ``in_distribution``: replayed test queries of the well-covered intents, 30% with feedback;
 4. ``drift``: 60% of queries from the scarce intents, 30% with keyboard typos; feedback goes on;
 5. the monitor detects the drift, retrains, gates and promotes; the service swaps under traffic;
-6. ``after_retrain``: the same drifted traffic, served by the new champion.
+6. ``after_retrain``: the same drifted traffic, served by the new champion;
+7. (``compare_warm_start``) one more retrain from the other warm start on the same feedback, gated and
+   not promoted: time and holdout metric of both (:mod:`tuneloop.apps.demo_warm_start`).
 
 The run folder ``<home>/runs/<run-id>/`` is itself a complete tuneloop home (model store,
 traffic DB, reports, Evidently workspace), so ``tuneloop serve --home <run folder>`` serves its
@@ -31,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tuneloop.apps.demo_data import Query, build_pools, make_queries, write_training_data
 from tuneloop.apps.demo_report import build_report
+from tuneloop.apps.demo_warm_start import compare_warm_starts, monitor_retrain_config, promoted_retrain
 from tuneloop.apps.replay import Replayer
 from tuneloop.serving.launch import free_port, running_server, stop_server
 from tuneloop.state.home import Home
@@ -65,6 +68,9 @@ class DemoConfig(BaseModel):
     min_new_labels: int = Field(300, ge=0, description="Labels needed before a retrain.")
     seed: int = Field(0, description="Seeds intents, pools, queries, typos and feedback.")
     timeout_minutes: float | None = Field(None, gt=0, description="Give up waiting for the swap after this long.")
+    compare_warm_start: bool = Field(True, description="After the promotion, retrain once more from the other warm "
+                                     "start on the same feedback (gated, not promoted): report.json's warm_start "
+                                     "(time and holdout metric of both). One retrain more (~2 min quick).")
 
     def resolved(self) -> DemoConfig:
         """Fill the preset-dependent defaults."""
@@ -292,7 +298,11 @@ def _run_stages(cfg: DemoConfig, run_dir: Path, run_home: Home, pools, test_df, 
             time.sleep(cfg.monitor_interval * 2)  # let the monitor judge the last window
         finally:
             replay.close()
+    promoted, warm_start = promoted_retrain(run_home), None
+    if cfg.compare_warm_start and promoted is not None:  # on a quiet machine: traffic and monitor have stopped
+        stage[0] = "warm-start comparison"
+        warm_start = compare_warm_starts(run_home, promoted, monitor_retrain_config(run_home))
     stage[0] = "writing the report"
-    report = build_report(cfg, run_home, pools, initial, test_df, replay.outcomes, started)
+    report = build_report(cfg, run_home, pools, initial, test_df, replay.outcomes, started, warm_start=warm_start)
     (run_dir / "report.json").write_text(json.dumps(report, indent=1, default=float))
     return report

@@ -39,6 +39,7 @@ def print_summary(report: dict, run_dir: Path) -> None:
     console.print(f"retrain: triggered={r['triggered']} promoted={r['promoted']} challenger {_fmt(r['challenger_tag'])} "
                   f"holdout accuracy {_fmt(r['challenger_accuracy'])} vs champion {_fmt(r['champion_accuracy'])} "
                   f"({_fmt(r['seconds'])} s); swap failed requests {report['swap']['failed_requests']}")
+    print_watch_and_warm_start(console, report)
     checks = Table(title="checks")
     checks.add_column("criterion")
     checks.add_column("ok")
@@ -46,6 +47,20 @@ def print_summary(report: dict, run_dir: Path) -> None:
         checks.add_row(name, "[green]yes[/]" if ok else "[red]NO[/]")
     console.print(checks)
     console.print(f"wall {report['wall_seconds']:.0f} s; report: {run_dir / 'report.json'}")
+
+
+def print_watch_and_warm_start(console, report: dict) -> None:
+    """The post-swap watch's verdict and the warm-start comparison (when the report has them)."""
+    watch = report.get("watch") or {}
+    if watch:
+        console.print(f"post-swap watch: {watch['verdict']}" + (f" ({watch['reason']})" if watch.get("reason") else
+                                                               f" ({watch.get('requests', 0)} requests answered)"))
+    ws = report.get("warm_start")
+    if ws:
+        sides = [f"{k} {_fmt(ws[k]['value'])} in {_fmt(ws[k]['seconds'])} s (training {_fmt(ws[k]['train_seconds'])} s"
+                 f"{', under traffic' if ws[k]['under_traffic'] else ''})" for k in ("champion", "base")]
+        console.print(f"warm start, holdout {ws['champion']['metric']} (same feedback): {'; '.join(sides)}; "
+                      f"default {ws['default']}")
 
 
 def print_gen_summary(report: dict, run_dir: Path) -> None:

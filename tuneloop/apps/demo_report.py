@@ -12,6 +12,7 @@ import time
 import pandas as pd
 
 from tuneloop.apps.demo_data import DemoPools
+from tuneloop.apps.demo_warm_start import watch_outcome
 from tuneloop.state.audit import AuditLog
 from tuneloop.state.home import Home
 from tuneloop.state.registry import read_champion
@@ -110,8 +111,9 @@ def estimation_error(decisions: pd.DataFrame, traffic: pd.DataFrame, out: pd.Dat
 
 
 def build_report(cfg, run_home: Home, pools: DemoPools, initial, test_df: pd.DataFrame, outcomes: list,
-                 started: float) -> dict:
-    """The demo report (see the module docstring and README for every key)."""
+                 started: float, warm_start: dict | None = None) -> dict:
+    """The demo report (see the module docstring and README for every key). ``warm_start``: the
+    comparison of :func:`tuneloop.apps.demo_warm_start.compare_warm_starts` (None: not run)."""
     out = pd.DataFrame([o.to_dict() for o in outcomes]).sort_values("index") if outcomes else pd.DataFrame(
         columns=["index", "phase", "ok", "label", "predicted", "request_id", "sent_at", "model_tag"])
     traffic, decisions = decision_timeline(run_home, out)
@@ -157,6 +159,9 @@ def build_report(cfg, run_home: Home, pools: DemoPools, initial, test_df: pd.Dat
         "detection_delay_requests": (detected - onset) if detected is not None and onset is not None else None,
         "retrain": retrain,
         "swap": swap,
+        "watch": watch_outcome(run_home, retrain["challenger_tag"] if retrain["promoted"] else None,
+                               int((out["ok"].astype(bool) & (out["model_tag"] == retrain["challenger_tag"])).sum())),
+        "warm_start": warm_start,
         "estimation_error": (estimation_error(decisions, traffic, out) if len(decisions)
                              else {"windows": 0, "mae_points": None, "by_phase": {}, "per_window": []}),
         "decisions": decision_rows(decisions),
