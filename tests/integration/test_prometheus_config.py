@@ -100,7 +100,7 @@ def test_prometheus_config_and_rules_are_valid():
     res = _promtool("check", "config", str(PROM_DIR / "prometheus.yml"))
     assert res.returncode == 0, res.stdout + res.stderr
     res = _promtool("check", "rules", str(PROM_DIR / "rules.yml"))
-    assert res.returncode == 0 and "SUCCESS: 11 rules found" in res.stdout, res.stdout + res.stderr
+    assert res.returncode == 0 and "SUCCESS: 12 rules found" in res.stdout, res.stdout + res.stderr
 
 
 def test_every_alerting_rule_has_promtool_unit_tests():
@@ -114,7 +114,8 @@ def test_every_alerting_rule_has_promtool_unit_tests():
     silent = {t["alertname"] for case in tests for t in case["alert_rule_test"] if not t.get("exp_alerts")}
     assert rules == fired == silent, (rules - fired, rules - silent)  # each rule shown firing and silent
     assert {"TuneloopDriftDetected", "TuneloopEstimatedAccuracyDrop", "TuneloopLabelAccuracyDrop",
-            "TuneloopServiceErrors", "TuneloopHighLatency", "TuneloopMonitorStale", "TuneloopNeedLabels"} <= rules
+            "TuneloopServiceErrors", "TuneloopHighLatency", "TuneloopMonitorStale", "TuneloopNeedLabels",
+            "TuneloopModelRolledBack"} <= rules
 
 
 def test_dashboard_is_grafana_json_and_uses_the_provisioned_datasource():
@@ -136,7 +137,8 @@ def test_dashboard_is_grafana_json_and_uses_the_provisioned_datasource():
     queries = [q for _, q in dashboard_queries(dash)]
     for needle in ("tuneloop_requests_total", "tuneloop_request_latency_seconds_bucket", "tuneloop_request_errors_total",
                    "tuneloop_predictions_total", "tuneloop_monitor_estimated_accuracy", "tuneloop_monitor_feedback_accuracy",
-                   "tuneloop_monitor_retrains_total", "tuneloop_model_swaps_total", "tuneloop_model_live"):
+                   "tuneloop_monitor_retrains_total", "tuneloop_model_swaps_total", "tuneloop_model_live",
+                   "tuneloop_monitor_rollbacks_total"):
         assert any(needle in q for q in queries), needle
     for signal in ("text_drift", "embedding_drift", "accuracy_drop"):  # score against its threshold
         assert f'tuneloop_monitor_drift_threshold{{signal="{signal}"}}' in queries
