@@ -15,12 +15,39 @@ from dataclasses import dataclass
 from typing import Literal
 
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from tuneloop.serving.generation import DEFAULT_MAX_NEW_TOKENS
 from tuneloop.training.task import Task
 
 DEFAULT_GUARD = "accuracy"  # the guard of a task that names none (classification's)
 GUARD_TOLERANCES = {"accuracy": "max_accuracy_drop", "perplexity": "max_perplexity_rise"}  # guard -> GateConfig field
+
+
+class ShadowConfig(BaseModel):
+    """The gate's optional shadow stage (:mod:`tuneloop.monitoring.shadow`): a challenger that passed the
+    holdout gate answers a sample of live requests in shadow (computed by the monitor on logged requests,
+    never returned to a client) and is promoted only if its agreement with reviewers' feedback on them is
+    >= the champion's minus ``tolerance``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="Keep a challenger that passed the holdout gate pending, in shadow, "
+                          "instead of promoting it at once.")
+    sample_share: float = Field(0.2, gt=0, le=1, description="Share of live requests (logged after the challenger "
+                                "was saved) the challenger answers in shadow; a seeded hash of the request id picks them.")
+    min_rows: int = Field(100, ge=1, le=100_000, description="Shadowed requests with reviewer feedback needed before "
+                          "the verdict.")
+    max_wait_windows: int = Field(20, ge=1, le=10_000, description="Judged windows to wait for min_rows; then the "
+                                  "challenger is dropped.")
+    tolerance: float = Field(0.0, ge=0, le=1, description="Promote when challenger agreement >= champion agreement "
+                             "- tolerance (accuracy, or ROUGE-L for generation; 0..1).")
+    max_rows_per_window: int = Field(64, ge=1, le=10_000, description="Requests answered in shadow per window at "
+                                     "most (bounds the monitor's extra work per cycle).")
+    max_kept: int = Field(2000, ge=1, le=20_000, description="Shadow answers kept in the monitor state at most.")
+    max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1, le=4096, description="generation: token budget of a "
+                                "shadow reply (default: the service's default budget).")
+    seed: int = Field(0, description="Seed of the request sample.")
 
 
 class GateConfig(BaseModel):
@@ -33,6 +60,8 @@ class GateConfig(BaseModel):
     max_accuracy_drop: float = Field(0.0, ge=0, le=1, description="Accuracy may not fall by more than this.")
     max_perplexity_rise: float = Field(0.0, ge=0, description="generation: the holdout perplexity of the reference "
                                        "replies may not rise by more than this (absolute; 0: must not get worse).")
+    shadow: ShadowConfig = Field(default_factory=ShadowConfig, description="The optional shadow stage on live "
+                                 "traffic after the holdout gate (off by default).")
 
     def guard_tolerance(self, metric: str) -> float:
         """How much the guard ``metric`` may worsen: ``max_accuracy_drop`` for accuracy, ``max_perplexity_rise``
