@@ -50,9 +50,11 @@ from tuneloop.monitoring.observe import (  # noqa: F401 (ChampionView re-exporte
 from tuneloop.monitoring.policy import Decision
 from tuneloop.monitoring.schedule import add_retrain_schedule
 from tuneloop.monitoring.tasks import monitoring_task
+from tuneloop.monitoring.watch import ROLLED_BACK, WatchVerdict
+from tuneloop.monitoring.watch_step import Watcher
 from tuneloop.state.audit import AuditLog
 from tuneloop.state.home import Home
-from tuneloop.state.registry import require_champion
+from tuneloop.state.registry import ChampionPointer, require_champion
 from tuneloop.state.traffic_store import TrafficLog
 
 log = logging.getLogger(__name__)
@@ -66,7 +68,8 @@ class CycleResult:
     ``retrain_promoted``/``retrain_rejected``/``retrain_busy``/``retrain_failed``, or ``retrain_due`` when
     retraining is deferred), its reason, the
     window's seq range (for a skipped cycle: the stored cursor and the newest seq), whether the model
-    is degraded, the JSON report path and the retrain outcome (``RetrainOutcome.to_dict()``) if any."""
+    is degraded, the JSON report path and the retrain outcome (``RetrainOutcome.to_dict()``) if any, and
+    the post-swap watch's look (``WatchVerdict.model_dump()``) when a promoted champion is watched."""
 
     action: str
     reason: str
@@ -75,6 +78,7 @@ class CycleResult:
     degraded: bool = False
     report_json: str | None = None
     retrain: dict | None = None
+    watch: dict | None = None  # WatchVerdict.model_dump() of the post-swap watch's look, when a champion is watched
 
     @classmethod
     def skipped(cls, span: WindowSpan, reason: str) -> CycleResult:
@@ -111,6 +115,7 @@ class Monitor:
         self.champion = ChampionCache(self.home, cfg.embeddings, cfg.embed_threads)
         self.drift_config: DriftConfig = cfg.policy.drift_config(**cfg.drift)
         self.metrics.interval.set(cfg.interval_seconds)
+        self.watcher = Watcher(self.home, cfg.watch, self.traffic, self.audit, self.metrics)
 
     def reference(self, tag: str) -> pd.DataFrame:
         """The champion's reference sample (cached per tag)."""
@@ -154,18 +159,38 @@ class Monitor:
         started = time.time()
         self.metrics.last_check.set(started)
         champion = require_champion(self.home)
+        watched = self.watch(champion)
+        if watched is not None and watched.verdict == ROLLED_BACK:
+            champion = require_champion(self.home)  # the window is judged against the restored champion
         self.metrics.set_champion(champion.tag)
         span = read_span(self.audit, self.traffic)
         too_small = small_window_reason(span, self.cfg.policy)
         if too_small is not None:
-            return CycleResult.skipped(span, too_small)
+            skipped = CycleResult.skipped(span, too_small)
+            skipped.watch = watched.model_dump() if watched else None
+            return skipped
         observation = observe(self.observe_context(), span, champion.tag)
         decision = decide_window(observation, self.cfg.policy)
         result = act(self.act_context(), observation, decision)
         self.metrics.last_cycle.set(time.time())
         self.metrics.cycle_seconds.set(time.time() - started)
         log.info("window %s (%d rows): %s", span.label, len(observation.window), result.reason)
-        return CycleResult.of(observation, decision, result)
+        judged = CycleResult.of(observation, decision, result)
+        judged.watch = watched.model_dump() if watched else None
+        return judged
+
+    def watch(self, champion: ChampionPointer) -> WatchVerdict | None:
+        """One look of the post-swap watch at ``champion`` (:mod:`tuneloop.monitoring.watch_step`); it may
+        roll the champion back. None when the watch is off or nothing is watched. A look that fails is
+        logged with its traceback and the cycle goes on: the watch's state is unchanged, the next cycle
+        looks again."""
+        if not self.cfg.watch.enabled:
+            return None
+        try:
+            return self.watcher.step(champion)
+        except Exception:  # the drift loop must survive a failed look; the log has the cause
+            log.exception("post-swap watch of %s failed", champion.tag)
+            return None
 
 
 def run_scheduler(monitor: Monitor, interval_seconds: float, stop_after: float | None = None) -> None:

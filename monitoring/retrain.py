@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import pandas as pd
 from pydantic import BaseModel, Field
@@ -234,6 +234,8 @@ def retrain_and_gate(home: Home, champion_tag: str, labelled: pd.DataFrame, cfg:
     champion_predictor = task.load_predictor(champion.path, device=result.classifier.device)
     # both models are scored as the challenger's training run scored it (generation: its eval_rows and budget)
     verdict = run_gate(task.with_config(train_cfg), champion_predictor, result.classifier, holdout, cfg.gate)
+    if verdict.promoted and EventLog(home.store_url).is_blocked(challenger_tag):  # rolled back once: never again
+        verdict = replace(verdict, promoted=False, reason=f"{verdict.reason}; {challenger_tag} is blocked: keep champion")
     record_gate(home, challenger_tag, verdict, actor)
     if verdict.promoted and promote_winner:
         promote(home, challenger_tag, reason=verdict.reason, actor=actor, detail={"gate": "passed"})
