@@ -124,6 +124,10 @@ class WatchVerdict(BaseModel):
     reason: str
 
 
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
 def _untested(name: str, method: str, n: int, min_n: int, margin: float, value=None, baseline=None) -> WatchSignal:
     return WatchSignal(name=name, method=method, n=n, min_n=min_n, margin=margin, value=value, baseline=baseline)
 
@@ -272,7 +276,7 @@ def judge(signals: list[WatchSignal], served: int, final: bool, cfg: WatchConfig
     fired = [s for s in out if s.fired]
     look = "final" if final else "interim"
     if fired:
-        what = "; ".join(f"{s.name} {s.value:.4g} vs {s.baseline:.4g} (Holm p {s.adjusted_p:.2g})" for s in fired)
+        what = "; ".join(f"{s.name} {_fmt(s.value)} vs {_fmt(s.baseline)} (Holm p {s.adjusted_p:.2g})" for s in fired)
         return WatchVerdict(verdict=ROLLED_BACK, final=final, served=served, level=level, signals=out,
                             reason=f"regression after {served} requests ({look} look, level {level:g}): {what}")
     tested_names = ", ".join(signals[i].name for i in tested) or "none"
