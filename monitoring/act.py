@@ -28,6 +28,7 @@ from tuneloop.monitoring.monitor_config import CURSOR_KEY, FEEDBACK_CURSOR_KEY, 
 from tuneloop.monitoring.observe import Observation
 from tuneloop.monitoring.policy import Decision
 from tuneloop.monitoring.retrain import retrain_and_gate
+from tuneloop.monitoring.shadow import begin as begin_shadow
 from tuneloop.monitoring.signals import WindowReport
 from tuneloop.monitoring.tasks import task_policy
 from tuneloop.state.audit import AuditLog
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 RETRAIN_LOCK = "retrain"  # the job lock's name (tuneloop.state.job_lock): one retrain per store at a time
 RETRAIN_DUE = "retrain_due"  # the audited action of a retrain decision deferred to `tuneloop retrain`
 DEFERRED = "deferred"  # its outcome label on tuneloop_monitor_retrains_total
+RETRAIN_SHADOWING = "retrain_shadowing"  # the challenger passed the holdout gate and waits in the shadow stage
+SHADOWING = "shadowing"  # its outcome label on tuneloop_monitor_retrains_total
 # The challenger's drift reference is re-baselined on the RetrainConfig.reference_rows newest unlabelled
 # rows, searched among 4x as many recent rows: enough as long as at most 3/4 of the traffic has feedback.
 RECENT_SEARCH_FACTOR = 4
@@ -90,8 +93,9 @@ class RetrainResult:
     """What a ``retrain`` decision came to.
 
     Attributes:
-        action: ``retrain_promoted``, ``retrain_rejected``, ``retrain_busy`` (another process holds the
-            lock), ``retrain_failed``, or ``retrain_due`` (deferred to ``tuneloop retrain``).
+        action: ``retrain_promoted``, ``retrain_rejected``, ``retrain_shadowing`` (passed the holdout gate,
+            pending in the shadow stage: :mod:`tuneloop.monitoring.shadow`), ``retrain_busy`` (another process
+            holds the lock), ``retrain_failed``, or ``retrain_due`` (deferred to ``tuneloop retrain``).
         reason: the decision's reason and what happened.
         outcome: ``RetrainOutcome.to_dict()`` of a completed retrain, else None.
         feedback_cursor: feedback seq of the newest label the completed retrain trained on (0 without
@@ -193,10 +197,16 @@ def run_retrain(ctx: ActContext, champion_tag: str, reason: str, lock: bool = Tr
             return RetrainResult("retrain_failed", f"{reason} Retrain failed: {exc!r}")
         finally:
             ctx.metrics.retraining.set(0)
+    feedback_cursor = int(labelled["feedback_seq"].max()) if len(labelled) else 0
+    if outcome.shadow_pending:  # passed the holdout gate; GateConfig.shadow: promoted or dropped by the shadow stage
+        begin_shadow(ctx.home, ctx.audit, outcome.challenger_tag, champion_tag, ctx.cfg.retrain.gate.shadow,
+                     since_seq=ctx.traffic.max_seq(), feedback_cursor=feedback_cursor)
+        ctx.metrics.retrains.labels(SHADOWING).inc()
+        return RetrainResult(RETRAIN_SHADOWING, f"{reason} Gate: {outcome.reason}; in shadow on live requests before "
+                             "promotion.", outcome.to_dict(), feedback_cursor)
     verdict = "promoted" if outcome.promoted else "rejected"
     ctx.metrics.retrains.labels(verdict).inc()
-    return RetrainResult(f"retrain_{verdict}", f"{reason} Gate: {outcome.reason}.", outcome.to_dict(),
-                         int(labelled["feedback_seq"].max()) if len(labelled) else 0)
+    return RetrainResult(f"retrain_{verdict}", f"{reason} Gate: {outcome.reason}.", outcome.to_dict(), feedback_cursor)
 
 
 def audit_signals(report: WindowReport, decision: Decision) -> dict:

@@ -49,6 +49,7 @@ from tuneloop.monitoring.observe import (  # noqa: F401 (ChampionView re-exporte
 )
 from tuneloop.monitoring.policy import Decision
 from tuneloop.monitoring.schedule import add_retrain_schedule
+from tuneloop.monitoring.shadow import ShadowStage
 from tuneloop.monitoring.tasks import monitoring_task
 from tuneloop.monitoring.watch import ROLLED_BACK, WatchVerdict
 from tuneloop.monitoring.watch_step import Watcher
@@ -78,6 +79,7 @@ class CycleResult:
     degraded: bool = False
     report_json: str | None = None
     retrain: dict | None = None
+    shadow: dict | None = None  # ShadowOutcome.to_dict() of the shadow stage's step, when a challenger is pending
     watch: dict | None = None  # WatchVerdict.model_dump() of the post-swap watch's look, when a champion is watched
 
     @classmethod
@@ -113,6 +115,7 @@ class Monitor:
         self.traffic = TrafficLog(home.store_url)
         self.audit = AuditLog(home.store_url)
         self.champion = ChampionCache(self.home, cfg.embeddings, cfg.embed_threads)
+        self.shadow = ShadowStage(self.home, self.traffic, self.audit, threads=cfg.embed_threads)
         self.drift_config: DriftConfig = cfg.policy.drift_config(**cfg.drift)
         self.metrics.interval.set(cfg.interval_seconds)
         self.watcher = Watcher(self.home, cfg.watch, self.traffic, self.audit, self.metrics)
@@ -176,6 +179,14 @@ class Monitor:
         self.metrics.cycle_seconds.set(time.time() - started)
         log.info("window %s (%d rows): %s", span.label, len(observation.window), result.reason)
         judged = CycleResult.of(observation, decision, result)
+        # a challenger pending in the gate's shadow stage answers this window's sampled requests here, in
+        # the monitor's process, never in the service's (tuneloop.monitoring.shadow)
+        try:
+            shadowed = self.shadow.step(observation.window)
+        except Exception:  # the drift loop must survive a failed shadow step; the state stays, the next cycle retries
+            log.exception("shadow stage step failed")
+            shadowed = None
+        judged.shadow = shadowed.to_dict() if shadowed else None
         judged.watch = watched.model_dump() if watched else None
         return judged
 

@@ -68,6 +68,7 @@ class RetrainOutcome:
 
     def to_dict(self) -> dict:
         return asdict(self)
+    shadow_pending: bool = False  # passed the gate; pending in the shadow stage, not promoted (GateConfig.shadow)
 
 
 def split_feedback(labelled: pd.DataFrame, holdout_fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -187,7 +188,9 @@ def gate_stored(home: Home, champion_tag: str, challenger_tag: str, cfg: Retrain
 def retrain_and_gate(home: Home, champion_tag: str, labelled: pd.DataFrame, cfg: RetrainConfig,
                      recent_unlabelled: pd.DataFrame | None = None, lineage: dict | None = None,
                      actor: str = "monitor", promote_winner: bool = True) -> RetrainOutcome:
-    """Train a challenger, save it (not promoted), gate it, and promote it when it wins.
+    """Train a challenger, save it (not promoted), gate it, and promote it when it wins (with
+    ``cfg.gate.shadow.enabled``, leave a winner pending instead, ``shadow_pending``: the caller starts the
+    shadow stage, :func:`tuneloop.monitoring.shadow.begin`).
 
     Args:
         home: the tuneloop home.
@@ -237,11 +240,14 @@ def retrain_and_gate(home: Home, champion_tag: str, labelled: pd.DataFrame, cfg:
     if verdict.promoted and EventLog(home.store_url).is_blocked(challenger_tag):  # rolled back once: never again
         verdict = replace(verdict, promoted=False, reason=f"{verdict.reason}; {challenger_tag} is blocked: keep champion")
     record_gate(home, challenger_tag, verdict, actor)
-    if verdict.promoted and promote_winner:
+    # with the shadow stage on, a winner waits for its verdict on live traffic (tuneloop.monitoring.shadow)
+    shadow = verdict.promoted and promote_winner and cfg.gate.shadow.enabled
+    if verdict.promoted and promote_winner and not shadow:
         promote(home, challenger_tag, reason=verdict.reason, actor=actor, detail={"gate": "passed"})
     return RetrainOutcome(
         champion_tag=champion_tag, challenger_tag=challenger_tag, champion_metrics=verdict.champion,
-        challenger_metrics=verdict.challenger, promoted=verdict.promoted and promote_winner,
+        challenger_metrics=verdict.challenger, promoted=verdict.promoted and promote_winner and not shadow,
+        shadow_pending=shadow,
         reason=verdict.reason + ("" if promote_winner or not verdict.promoted else " (not promoted: gate only)"),
         feedback_train_rows=len(fb_train), feedback_holdout_rows=len(fb_held), holdout_rows=verdict.holdout_rows,
         seconds=time.perf_counter() - start, warm_start=warm["warm_start"], train_seconds=round(result.seconds, 2),

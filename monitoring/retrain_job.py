@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from tuneloop.monitoring.act import RETRAIN_DUE, ActContext, retrain_lock, run_retrain
+from tuneloop.monitoring.act import RETRAIN_DUE, RETRAIN_SHADOWING, ActContext, retrain_lock, run_retrain
 from tuneloop.monitoring.exporter import MonitorMetrics
 from tuneloop.monitoring.monitor_config import FEEDBACK_CURSOR_KEY, MonitorConfig
 from tuneloop.state.audit import AuditLog
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 SERVED_KEY = "retrain_job_served"  # monitor_state: id of the newest retrain_due decision a run has served
 EXIT_DONE, EXIT_FAILED, EXIT_LOCKED = 0, 1, 3  # `tuneloop retrain` exit codes (2: invalid options, Typer's)
 LOCKED, SKIPPED, FAILED = "retrain_locked", "retrain_skipped", "retrain_failed"
-COMPLETED = ("retrain_promoted", "retrain_rejected")
+COMPLETED = ("retrain_promoted", "retrain_rejected", RETRAIN_SHADOWING)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from tuneloop.monitoring.act import DEFERRED, RETRAIN_DUE, ActContext, run_retrain
+from tuneloop.monitoring.act import DEFERRED, RETRAIN_DUE, RETRAIN_SHADOWING, ActContext, run_retrain
 from tuneloop.monitoring.cron import cron_trigger
 from tuneloop.monitoring.monitor_config import CURSOR_KEY, FEEDBACK_CURSOR_KEY
 from tuneloop.monitoring.retrain_job import newest_feedback_seq
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 SCHEDULE = "schedule"  # the lineage trigger kind of a scheduled retrain
 SKIPPED = "retrain_skipped"  # the audited action of a firing without new feedback
 JOB_ID = "retrain-schedule"  # the APScheduler job's id
-COMPLETED = ("retrain_promoted", "retrain_rejected")
+COMPLETED = ("retrain_promoted", "retrain_rejected", RETRAIN_SHADOWING)
 # A firing that could not start on time (the process was suspended, or the scheduler's threads were busy)
 # still runs within this many seconds; later, it waits for the next one (chosen: an hour, so a weekly
 # retrain is not lost to a short stall and a stale one does not pile up).
