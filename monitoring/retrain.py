@@ -65,10 +65,10 @@ class RetrainOutcome:
     seconds: float
     warm_start: str = "base"  # where training started: champion or base (tuneloop.monitoring.warm_start)
     train_seconds: float | None = None  # of which fine-tuning (s)
+    shadow_pending: bool = False  # passed the gate; pending in the shadow stage, not promoted (GateConfig.shadow)
 
     def to_dict(self) -> dict:
         return asdict(self)
-    shadow_pending: bool = False  # passed the gate; pending in the shadow stage, not promoted (GateConfig.shadow)
 
 
 def split_feedback(labelled: pd.DataFrame, holdout_fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
