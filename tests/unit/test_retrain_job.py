@@ -21,7 +21,7 @@ from tuneloop.monitoring.monitor import Monitor, MonitorConfig
 from tuneloop.monitoring.retrain_job import SERVED_KEY, pending_retrain
 from tuneloop.state.audit import AuditLog
 from tuneloop.state.home import Home
-from tuneloop.state.registry import read_champion
+from tuneloop.state.registry import get_model, read_champion
 from tuneloop.state.traffic_store import PredictionRecord, TrafficLog
 
 runner = CliRunner()
@@ -163,6 +163,8 @@ def test_two_concurrent_retrains_never_overlap(store_url, tmp_path, tiny_data, t
     # no overlap: the loser was refused while the winner trained, i.e. before the winner's outcome was audited
     assert started < locked["created_at"] < done["created_at"]
     assert done["retrain"]["champion_tag"] == first and done["challenger_tag"] == read_champion(home).tag != first
+    trigger = get_model(home, read_champion(home).tag).info.metadata["lineage"]["trigger"]  # models show's lineage
+    assert (trigger["kind"], trigger["decision_id"], trigger["window"]) == ("job", due, [1, 40])
     assert len(_versions(home)) == 2  # the champion and one challenger
     assert audit.get_state(SERVED_KEY) == due and audit.get_state("feedback_cursor") > 0
 

@@ -8,6 +8,7 @@ tables (or, with ``--json``, one JSON document) and maps errors to exit codes.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -19,6 +20,7 @@ EXIT_OK, EXIT_REFUSED, EXIT_BAD_INPUT = 0, 1, 2  # documented in each command's 
 # BentoML's tag grammar (name[:version], lowercase letters, digits, '-', '_', '.'), bounded in length
 TAG_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}(:[a-z0-9][a-z0-9._-]{0,127})?")
 CARD_LINES = 40  # card lines `models show` prints on a terminal (--card prints all; --json holds all)
+OFF_TERMINAL_WIDTH = 200  # table width when piped without $COLUMNS: rich's 80 would cut tags short
 
 models_app = typer.Typer(
     name="models", no_args_is_help=True, pretty_exceptions_enable=False,
@@ -41,9 +43,22 @@ def _tag(value: str | None) -> str | None:
 
 
 def _home(home: Path, db_url: str | None):
+    """The Home at ``home``; exits 2 when there is no such folder (a typo must not create one)."""
     from tuneloop.state.home import Home
 
+    if not Path(home).is_dir():
+        raise _fail(f"no tuneloop home at {Path(home).resolve()} (--home or $TUNELOOP_HOME)", EXIT_BAD_INPUT)
     return Home(home, db_url=db_url)
+
+
+def _console():
+    """A rich Console: the terminal's width, ``$COLUMNS``, or :data:`OFF_TERMINAL_WIDTH` when piped."""
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=OFF_TERMINAL_WIDTH)
+    return console
 
 
 def _print_json(doc) -> None:
@@ -67,7 +82,6 @@ def list_cmd(home: Path = HOME_OPTION, db_url: str | None = DB_URL_OPTION, as_js
 
     Columns: tag, task, created (UTC), base model, primary metric on its test split, markers (* champion, ^ previous champion: where `models rollback` goes), the gate's verdict
     (`-`: no gate judged it, e.g. the first model) and whether it is blocked."""
-    from rich.console import Console
     from rich.table import Table
 
     from tuneloop.apps.models_view import model_rows
@@ -87,7 +101,7 @@ def list_cmd(home: Path = HOME_OPTION, db_url: str | None = DB_URL_OPTION, as_js
         metric = f"{row['metric']['name']} {_fmt(row['metric']['value'])}" if row["metric"]["name"] else "-"
         table.add_row(mark, row["tag"], row["task"], row["created"], _fmt(row["base_model"]), metric, row["gate"],
                       "yes" if row["blocked"] else "")
-    Console().print(table)
+    _console().print(table)
 
 
 @models_app.command("show")
@@ -101,7 +115,6 @@ def show_cmd(
     The lineage chain is the model, its
     parent, the parent's parent, ...: what triggered each retrain, the feedback it trained on, the data
     hash, the gate's verdict, promotions and rollbacks). Exit 2: unknown tag, or no champion."""
-    from rich.console import Console
     from rich.markdown import Markdown
     from rich.table import Table
 
@@ -115,7 +128,7 @@ def show_cmd(
     if as_json:
         _print_json(doc)
         return
-    console, row, meta = Console(), doc["row"], doc["metadata"]
+    console, row, meta = _console(), doc["row"], doc["metadata"]
     marks = [m for m, on in (("champion", row["champion"]), ("previous champion", row["previous"]),
                              ("BLOCKED", row["blocked"])) if on]
     console.print(f"[bold]{doc['tag']}[/bold] {' '.join(f'[{m}]' for m in marks)}", highlight=False)
@@ -161,7 +174,6 @@ def diff_cmd(
 
     Stored metrics with the difference (b - a), and the facts that differ
     (task, base model, data hash, training rows, parent). Exit 2: unknown tag."""
-    from rich.console import Console
     from rich.table import Table
 
     from tuneloop.apps.models_view import model_diff
@@ -183,7 +195,7 @@ def diff_cmd(
     for fact in doc["facts"]:
         if fact["a"] != fact["b"]:
             table.add_row(fact["field"], _fmt(fact["a"]), _fmt(fact["b"]), "")
-    Console().print(table)
+    _console().print(table)
 
 
 @models_app.command("promote")
