@@ -106,3 +106,12 @@ def feedback_rows(task: str) -> FeedbackRows:
     if task not in known:
         raise ValueError(f"retraining cannot use the feedback of task {task!r}: it knows {sorted(known)}")
     return known[task]
+
+
+def without_reviewers(labelled: pd.DataFrame, reviewers: list[str] | tuple[str, ...]) -> pd.DataFrame:
+    """Feedback rows (``TrafficLog.labelled()``) not given by any of ``reviewers`` (exact names, as
+    stored in ``feedback.reviewer``); rows without a reviewer are kept. The same frame when
+    ``reviewers`` is empty or there is no ``reviewer`` column, else a copy with a fresh index."""
+    if not reviewers or "reviewer" not in labelled.columns or labelled.empty:
+        return labelled
+    return labelled[~labelled["reviewer"].isin(set(reviewers))].reset_index(drop=True)

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, replace
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from tuneloop.monitoring.feedback_rows import feedback_rows
+from tuneloop.monitoring.feedback_rows import feedback_rows, without_reviewers
 from tuneloop.monitoring.gate import GateConfig, GateResult, run_gate
 from tuneloop.monitoring.warm_start import DEFAULT_WARM_START, WARM_START_LR_SCALE, WarmStart, warm_start_configs
 from tuneloop.state.events import GATED, EventLog
@@ -42,6 +42,9 @@ class RetrainConfig(BaseModel):
                                 "reference is re-baselined on (fewer than half of them: keep the validation split).")
     gate: GateConfig = Field(default_factory=GateConfig)
     overrides: dict = Field(default_factory=dict, description="TrainConfig fields to force (e.g. epochs).")
+    exclude_reviewers: list[str] = Field(default_factory=list, max_length=1000, description="Reviewers whose "
+                                         "feedback a retrain neither trains nor gates on (feedback.reviewer names; "
+                                         "`--exclude-reviewer`); feedback without a reviewer is kept.")
     warm_start: WarmStart = Field(DEFAULT_WARM_START, description="champion: continue from the champion's weights "
                                   "at warm_start_lr_scale times the preset's learning rate (incremental training); "
                                   "base: start from the base model, as the champion's first run did.")
@@ -213,6 +216,7 @@ def retrain_and_gate(home: Home, champion_tag: str, labelled: pd.DataFrame, cfg:
     the challenger's metadata records it under ``warm_start``.
     """
     start = time.perf_counter()
+    labelled = without_reviewers(labelled, cfg.exclude_reviewers)  # excluded reviewers: neither trained nor gated on
     champion = get_model(home, champion_tag)
     task = task_of(dict(champion.info.metadata))
     # the champion's whole data configuration; the recipe comes from the retraining preset

@@ -32,6 +32,9 @@ ENV_VARS: dict[str, str] = {
     "max_body_bytes": "TUNELOOP_MAX_BODY_BYTES",
     "poll_seconds": "TUNELOOP_POLL_SECONDS",
     "admin_token": "TUNELOOP_ADMIN_TOKEN",
+    "reviewer_tokens": "TUNELOOP_REVIEWER_TOKENS",
+    "reviewer_tokens_file": "TUNELOOP_REVIEWER_TOKENS_FILE",
+    "bind_host": "TUNELOOP_BIND_HOST",
     "max_latency_ms": "TUNELOOP_MAX_LATENCY_MS",
     "max_batch_size": "TUNELOOP_MAX_BATCH_SIZE",
     "batch_window_ms": "TUNELOOP_BATCH_WINDOW_MS",
@@ -66,6 +69,14 @@ class ServeConfig(BaseModel):
             holds 64 texts of 1000 characters even when every character is JSON-escaped.
         poll_seconds: how often the background thread re-reads the champion pointer, in seconds.
         admin_token: bearer token for ``/admin/*``; None disables the admin endpoints (HTTP 403).
+        reviewer_tokens: ``name:token`` pairs, comma-separated, of the reviewers who may post
+            ``/feedback`` (:mod:`tuneloop.serving.reviewers`); None with no ``reviewer_tokens_file``:
+            ``/feedback`` is open, and the service starts only on a loopback ``bind_host``.
+        reviewer_tokens_file: a file of reviewer tokens (``name:token`` lines or JSON; not readable by
+            other users), read with ``reviewer_tokens`` when both are set.
+        bind_host: the address the server binds (``tuneloop serve --host``; set by
+            :func:`tuneloop.serving.launch.serve_env`). Without reviewer tokens the service refuses to
+            start on one that is not loopback.
         max_latency_ms: load shedding: a text that waited this long in the batch queue is
             answered 503 instead of being computed. Large (30 s) because the demo trains a
             challenger on the same 2 CPU cores while traffic flows, and a forward pass can then
@@ -132,6 +143,9 @@ class ServeConfig(BaseModel):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     poll_seconds: float = Field(default=2.0, gt=0)
     admin_token: SecretStr | None = None
+    reviewer_tokens: SecretStr | None = None
+    reviewer_tokens_file: Path | None = None
+    bind_host: str = Field(default="127.0.0.1", min_length=1, max_length=255)
     max_latency_ms: int = Field(default=30_000, ge=10)
     max_batch_size: int = Field(default=64, ge=1)
     batch_window_ms: float = Field(default=2.0, ge=0, le=1000)

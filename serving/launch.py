@@ -28,6 +28,7 @@ from pathlib import Path
 
 import tuneloop
 from tuneloop.serving.config import ENV_VARS
+from tuneloop.serving.reviewers import check_bind, reviewers_from_env
 from tuneloop.state.home import Home
 from tuneloop.training.progress import QUIET_BARS_ENV
 
@@ -89,10 +90,11 @@ def serve_env(home: Home, overrides: Mapping[str, str] | None = None, host: str 
     ``BENTOML_HOME`` is the server's :func:`runtime_dir` (BentoML's Prometheus files; the models
     are read through ``TUNELOOP_HOME``), ``TUNELOOP_REPLICA`` defaults to ``<host name>:<port>``,
     and ``PROMETHEUS_MULTIPROC_DIR`` is dropped: BentoML creates and empties its own per server.
-    ``overrides`` win over all of these.
+    ``TUNELOOP_BIND_HOST`` is ``host``, so the service knows whether it may take open feedback
+    (:func:`tuneloop.serving.reviewers.check_bind`). ``overrides`` win over all of these.
     """
     env = {**os.environ, **home.env(), "BENTOML_DO_NOT_TRACK": "true",
-           "BENTOML_HOME": str(runtime_dir(host, port))}
+           "BENTOML_HOME": str(runtime_dir(host, port)), ENV_VARS["bind_host"]: host}
     env.setdefault(ENV_VARS["replica"], f"{socket.gethostname()}:{port}")
     env.update(overrides or {})
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -196,12 +198,15 @@ def start_server(home: Home, host: str = DEFAULT_HOST, port: int | None = None,
 
     Raises:
         FileNotFoundError: ``home.root`` does not exist.
+        tuneloop.serving.reviewers.ReviewerConfigError: ``host`` is not loopback and no reviewer
+            token is configured, or the reviewer tokens are invalid (nothing is started).
     """
     port = port or free_port(host)
+    child_env = {**QUIET_BARS_ENV, **serve_env(home, env, host, port)}
+    check_bind(host, reviewers_from_env(child_env))
     log_dir = home.root / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"serve-{port}.log"
-    child_env = {**QUIET_BARS_ENV, **serve_env(home, env, host, port)}
     Path(child_env["BENTOML_HOME"]).mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
@@ -290,8 +295,10 @@ def run_foreground(home: Home, host: str = DEFAULT_HOST, port: int = DEFAULT_POR
     Raises:
         FileNotFoundError: ``home.root`` does not exist.
         OSError: the ``bentoml`` executable could not be started.
+        tuneloop.serving.reviewers.ReviewerConfigError: see :func:`start_server`.
     """
     argv = serve_command(home, host, port)
     child_env = serve_env(home, env, host, port)
+    check_bind(host, reviewers_from_env(child_env))
     Path(child_env["BENTOML_HOME"]).mkdir(parents=True, exist_ok=True)
     os.execve(argv[0], argv, child_env)

@@ -40,7 +40,7 @@ TRACKED_ENDPOINTS = frozenset({"/classify", "/feedback", "/admin/reload", "/gene
 # HTTP status -> `reason` label of tuneloop_request_errors_total (bounded label values).
 ERROR_REASONS = {
     400: "invalid_input",  # pydantic validation of the body (empty list, too long, not a string...)
-    401: "unauthorized",  # admin: missing or wrong bearer token
+    401: "unauthorized",  # admin or feedback: missing or wrong bearer token
     403: "admin_disabled",  # admin: no TUNELOOP_ADMIN_TOKEN configured
     404: "unknown_request",  # feedback: request id never logged
     409: "wrong_task",  # the live model serves another task (/classify on a generation model, or the reverse)
@@ -135,7 +135,7 @@ MODEL_LOAD_SECONDS = Gauge(
 # An API may name the `reason` of its error answer in the ASGI scope under this key (a value from
 # SCOPE_REASONS), when its status alone would mislabel it (e.g. a 422 that is not an unknown label).
 SCOPE_ERROR_REASON = "tuneloop.error_reason"
-SCOPE_REASONS = frozenset({"missing_feedback", "wrong_task"})
+SCOPE_REASONS = frozenset({"missing_feedback", "wrong_task", "feedback_closed"})  # feedback_closed: a 403 of /feedback
 
 
 def observe_generation_batch(report) -> None:

@@ -28,8 +28,10 @@ ERROR_SCHEMA = {
 }
 _ERROR_TEXT = {
     400: "Invalid input: `detail[].loc` and `detail[].msg` say what and why",
-    401: "Missing or wrong admin bearer token",
-    403: "Admin endpoints are disabled (no TUNELOOP_ADMIN_TOKEN configured)",
+    401: "Missing or wrong bearer token (/admin/*: the admin token; /feedback: a reviewer token, when "
+         "TUNELOOP_REVIEWER_TOKENS is configured)",
+    403: "/admin/*: admin endpoints are disabled (no TUNELOOP_ADMIN_TOKEN configured); /feedback: sent from "
+         "another machine to a service without reviewer tokens",
     404: "Unknown request_id",
     409: "The live model serves another task (e.g. /classify while a generation model is live); the message "
          "names the endpoints that serve it",
@@ -42,7 +44,7 @@ _ERROR_TEXT = {
 # The statuses each API route can answer besides 200.
 ROUTE_ERRORS = {
     "/classify": (400, 409, 413, 415, 503),
-    "/feedback": (400, 404, 413, 415, 422, 503),
+    "/feedback": (400, 401, 403, 404, 413, 415, 422, 503),
     "/admin/reload": (400, 401, 403, 413, 415),
     "/generate": (400, 409, 413, 415, 503),
     "/v1/chat/completions": (400, 409, 413, 415, 503),
@@ -52,7 +54,11 @@ FEEDBACK_OK = {
     "properties": {"request_id": {"type": "string"}, "label": {"type": "string"},
                    "reply": {"type": "string", "nullable": True},
                    "rating": {"type": "string", "enum": ["good", "bad"], "nullable": True},
-                   "recorded": {"type": "boolean"}},
+                   "recorded": {"type": "boolean"},
+                   "reviewer": {"type": "string", "nullable": True,
+                                "description": "the reviewer of the bearer token; null without reviewer tokens"},
+                   "replaced": {"type": "boolean", "description": "an earlier feedback for this request was "
+                                "replaced (latest wins; audited as a feedback_replaced event)"}},
 }
 # /feedback carries a label (classification) or a reply and/or a rating (generation)
 # (a field sent as null counts as absent)

@@ -5,8 +5,9 @@ champion without a restart.
 Endpoints (POST, JSON): ``/classify`` (bad input gets HTTP 400 from pydantic, ``detail[].loc`` /
 ``detail[].msg`` say what and why), ``/generate`` and ``/v1/chat/completions`` (OpenAI's format;
 both stream server-sent events on request, see :mod:`tuneloop.serving.gen_api`), ``/feedback``
-(a label, or a corrected reply and/or a rating; 404 unknown id, 422 feedback the model cannot
-take), ``/admin/reload`` (bearer token). An endpoint of the other task answers 409. GET
+(a label, or a corrected reply and/or a rating; a reviewer's bearer token when reviewer tokens are
+configured, :mod:`tuneloop.serving.reviewers`; 404 unknown id, 422 feedback the model cannot take),
+``/admin/reload`` (bearer token). An endpoint of the other task answers 409. GET
 ``/healthz`` (alive), ``/readyz`` (a model is loaded and warmed up), ``/metrics``, ``/v1/models``.
 
 A request's path: :mod:`tuneloop.serving.middleware` gives it a request id and bounds its body; pydantic
@@ -58,6 +59,7 @@ from tuneloop.serving.middleware import (
 )
 from tuneloop.serving.openapi import OpenAPIMiddleware
 from tuneloop.serving.origin import Origin
+from tuneloop.serving.reviewers import CHALLENGE, check_bind, feedback_access, reviewers_of
 from tuneloop.serving.tasks import PendingText, WrongTaskError, serving_task, wrong_task_message
 from tuneloop.state.home import Home
 from tuneloop.state.registry import read_champion
@@ -139,6 +141,9 @@ class TuneloopService:
 
     def __init__(self) -> None:
         self.config = ServeConfig.from_env()
+        # who may post /feedback; open feedback only on a loopback address (else this raises: no start)
+        self.reviewers = reviewers_of(self.config)
+        check_bind(self.config.bind_host, self.reviewers)
         self.home = Home(self.config.home)
         # Open the traffic store on a thread while torch and the model load (~0.5 s of a restart: the
         # engine, the driver and Alembic's revision check); only when the home has a champion, so a
@@ -286,6 +291,13 @@ class TuneloopService:
     ) -> Annotated[dict[str, Any], JSON]:
         """Record a reviewer's verdict on an answered request.
 
+        With reviewer tokens configured the request needs ``Authorization: Bearer <token>`` (401 with
+        ``WWW-Authenticate`` when it is missing or wrong) and the row records the token's reviewer;
+        without them the row's reviewer is null, and a request that reached the service on an address
+        other than loopback is refused (403). A second feedback for one request replaces the first
+        (latest wins; audited as a ``feedback_replaced`` event, see
+        :mod:`tuneloop.state.feedback_writes`); the answer's ``replaced`` says whether it did.
+
         Args:
             request_id: the id ``/classify``, ``/generate`` or ``/v1/chat/completions`` returned.
             label: classification: the true label (one of the live model's labels).
@@ -293,12 +305,15 @@ class TuneloopService:
             rating: generation: ``"good"`` or ``"bad"``.
 
         Returns:
-            ``{request_id, label, recorded}`` (classification) or ``{request_id, reply, rating,
-            recorded}`` (generation). 404: the id is not a logged prediction (generation); 422:
-            a label unknown to the live model, a label for a generation model or a reply/rating
-            for a classifier, or neither reply nor rating for a generation model; 400: no label
-            for a classifier (as before generation existed).
+            ``{request_id, label, recorded, reviewer, replaced}`` (classification) or ``{request_id,
+            reply, rating, recorded, reviewer, replaced}`` (generation). 401/403: see above; 404: the
+            id is not a logged prediction (generation); 422: a label unknown to the live model, a
+            label for a generation model or a reply/rating for a classifier, or neither reply nor
+            rating for a generation model; 400: no label for a classifier (as before generation existed).
         """
+        reviewer, refusal = self._feedback_reviewer(ctx)
+        if refusal is not None:
+            return refusal
         live = self.models.live
         if live is None or self.traffic is None:
             return error(ctx, 503, f"feedback is unavailable: {self.unready_reason or 'the traffic log is off'}")
@@ -313,38 +328,52 @@ class TuneloopService:
             return error(ctx, 400, "1 validation error: `label` is required", detail=[
                 {"loc": ["label"], "msg": "Field required", "type": "missing"}])
         if label is None:
-            return await self._reply_feedback(ctx, live, request_id, reply, rating)
+            return await self._reply_feedback(ctx, live, request_id, reply, rating, reviewer)
         problem = serving_task(live.task).feedback_error(live, label)
         if problem is not None:
             return error(ctx, 422, problem, reason="wrong_task" if generating else None,
                           labels=list(getattr(live.classifier, "labels", [])))
         try:
-            await anyio.to_thread.run_sync(self.traffic.add_feedback, request_id, label)
+            written = await anyio.to_thread.run_sync(self.traffic.add_feedback, request_id, label, reviewer)
         except UnknownRequestError:
             ctx.response.status_code = 404
             return {"error": f"unknown request_id {request_id!r}: no logged prediction has it; "
                              "send a request_id returned by /classify"}
         if self.config.metrics:
             metrics.FEEDBACK.inc()
-        return {"request_id": request_id, "label": label, "recorded": True}
+        return {"request_id": request_id, "label": label, "recorded": True, "reviewer": reviewer,
+                "replaced": written.replaced is not None}
+
+    def _feedback_reviewer(self, ctx: bentoml.Context) -> tuple[str | None, JSONResponse | None]:
+        """(the reviewer of a ``/feedback`` request, None) or (None, the 401/403 answer refusing it);
+        see :func:`tuneloop.serving.reviewers.feedback_access`."""
+        server = ctx.request.scope.get("server") or (None,)
+        access = feedback_access(self.reviewers, ctx.request.headers.get("authorization"), server[0])
+        if access.status is None:
+            return access.reviewer, None
+        answer = error(ctx, access.status, access.message, reason="feedback_closed" if access.status == 403 else None)
+        if access.status == 401:
+            answer.headers["WWW-Authenticate"] = CHALLENGE
+        return None, answer
 
     async def _reply_feedback(self, ctx: bentoml.Context, live: LiveModel, request_id: str, reply: str | None,
-                              rating: str | None) -> dict[str, Any] | JSONResponse:
+                              rating: str | None, reviewer: str | None) -> dict[str, Any] | JSONResponse:
         """``/feedback`` with a corrected reply and/or a rating (generation)."""
         if live.task != "generation":
             return error(ctx, 422, f"the live model {live.tag} classifies texts: send `label` (one of its labels); "
                                     "`reply` and `rating` are feedback for generation models", reason="wrong_task",
                           labels=list(getattr(live.classifier, "labels", [])))
         add = functools.partial(self.traffic.add_generation_feedback, request_id, reply,
-                                None if rating is None else RATINGS[rating])
+                                None if rating is None else RATINGS[rating], reviewer)
         try:
-            await anyio.to_thread.run_sync(add)
+            written = await anyio.to_thread.run_sync(add)
         except UnknownRequestError:
             return error(ctx, 404, f"unknown request_id {request_id!r}: no logged generation has it; send the "
                                     "request_id (or OpenAI `id`) returned by /generate or /v1/chat/completions")
         if self.config.metrics:
             metrics.FEEDBACK.inc()
-        return {"request_id": request_id, "reply": reply, "rating": rating, "recorded": True}
+        return {"request_id": request_id, "reply": reply, "rating": rating, "recorded": True, "reviewer": reviewer,
+                "replaced": written.replaced is not None}
 
     @bentoml.api(route="/generate")
     async def generate(

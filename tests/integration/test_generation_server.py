@@ -114,9 +114,9 @@ def test_classifier_endpoints_refuse_politely_and_feedback_takes_replies(served_
     assert r.status_code == 409 and "generation model" in r.json()["error"] and "/generate" in r.json()["error"]
     rid = http.post("/generate", json={"prompt": "cancel my order", "max_new_tokens": 2}).json()["request_id"]
     assert http.post("/feedback", json={"request_id": rid, "rating": "bad"}).json() == {
-        "request_id": rid, "reply": None, "rating": "bad", "recorded": True}
+        "request_id": rid, "reply": None, "rating": "bad", "recorded": True, "reviewer": None, "replaced": False}
     r = http.post("/feedback", json={"request_id": rid, "reply": "Your order is cancelled.", "rating": "good"})
-    assert r.status_code == 200 and r.json()["recorded"] is True
+    assert r.status_code == 200 and r.json()["recorded"] is True and r.json()["replaced"] is True
     assert http.post("/feedback", json={"request_id": "0" * 32, "rating": "good"}).status_code == 404
     r = http.post("/feedback", json={"request_id": rid})
     assert r.status_code == 422 and "`reply`" in r.json()["error"]

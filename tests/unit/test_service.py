@@ -154,7 +154,8 @@ def test_feedback_is_recorded(client, champion_home):
 
     rid = client.post("/classify", json={"texts": ["lost my card"]}).json()[0]["request_id"]
     r = client.post("/feedback", json={"request_id": rid, "label": "lost_card"})
-    assert r.status_code == 200 and r.json() == {"request_id": rid, "label": "lost_card", "recorded": True}
+    assert r.status_code == 200 and r.json() == {"request_id": rid, "label": "lost_card", "recorded": True,
+                                                 "reviewer": None, "replaced": False}
     labelled = TrafficLog(champion_home.traffic_db_path).labelled()
     assert list(labelled["true_label"]) == ["lost_card"]
 

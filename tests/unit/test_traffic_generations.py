@@ -70,7 +70,7 @@ def test_generation_feedback_rating_reply_replace_and_errors(store_url):
     log.add_generation_feedback("g3", rating=-1)  # a later feedback replaces the earlier one as a whole
     labelled = log.labelled()
     assert list(labelled.columns) == ["feedback_seq", "request_id", "text", "label", "true_label", "confidence", "seq",
-                                      "true_reply", "rating", "reply"]
+                                      "true_reply", "rating", "reply", "reviewer"]
     rows = {r["request_id"]: r for _, r in labelled.iterrows()}
     assert list(labelled["request_id"]) == ["c1", "g1", "g2", "g3"]
     assert rows["c1"]["true_label"] == "top_up" and rows["c1"]["reply"] is None and rows["c1"]["true_reply"] is None

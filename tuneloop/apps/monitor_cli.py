@@ -11,6 +11,9 @@ import typer
 
 from tuneloop.state.home import DB_URL_ENV, DEFAULT_HOME
 
+EXCLUDE_REVIEWER_HELP = ("Retrain without the feedback of this reviewer (a name of TUNELOOP_REVIEWER_TOKENS, or a Label "
+                         "Studio annotator imported by `tuneloop labels import`); repeat for several. Replaces the "
+                         "config file's retrain.exclude_reviewers. Feedback without a reviewer is kept.")
 DB_URL_HELP = ("Traffic store (predictions, feedback, decisions, monitor state) as a SQLAlchemy URL, e.g. "
                "postgresql+psycopg://user:pass@host/db (default: SQLite at HOME/traffic.db).")
 
@@ -77,6 +80,8 @@ def monitor(
              "trains only when feedback came in since the last retrain (else it audits retrain_skipped), through "
              "the same lock and gate as a drift retrain; with --no-retrain it records retrain_due."),
     warm_start: WarmStartChoice | None = typer.Option(None, "--warm-start", help=WARM_START_HELP),
+    exclude_reviewer: list[str] | None = typer.Option(None, "--exclude-reviewer", metavar="NAME",
+                                                      help=EXCLUDE_REVIEWER_HELP),
     db_url: str | None = typer.Option(None, "--db-url", envvar=DB_URL_ENV, help=DB_URL_HELP),
     verbose: bool = typer.Option(True, "--verbose/--quiet", help="Log each decision."),
 ) -> None:
@@ -110,6 +115,8 @@ def monitor(
         raw.setdefault("retrain", {})["warm_start"] = warm_start
     if retrain_cron is not None:
         raw["retrain_cron"] = retrain_cron
+    if exclude_reviewer:
+        raw.setdefault("retrain", {})["exclude_reviewers"] = list(exclude_reviewer)
     cfg = load_monitor_config(config, raw)
     home_obj = Home(home, db_url=db_url)
     if read_champion(home_obj) is None:

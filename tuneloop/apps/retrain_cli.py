@@ -8,7 +8,13 @@ from pathlib import Path
 
 import typer
 
-from tuneloop.apps.monitor_cli import DB_URL_HELP, WARM_START_HELP, WarmStartChoice, load_monitor_config
+from tuneloop.apps.monitor_cli import (
+    DB_URL_HELP,
+    EXCLUDE_REVIEWER_HELP,
+    WARM_START_HELP,
+    WarmStartChoice,
+    load_monitor_config,
+)
 from tuneloop.apps.train_cli import NPROC_HELP
 from tuneloop.state.home import DB_URL_ENV, DEFAULT_HOME
 
@@ -23,6 +29,8 @@ def retrain(
     force: bool = typer.Option(False, "--force", help="Retrain even when no retrain is due."),
     nproc: int = typer.Option(1, "--nproc", min=1, help=NPROC_HELP),
     warm_start: WarmStartChoice | None = typer.Option(None, "--warm-start", help=WARM_START_HELP),
+    exclude_reviewer: list[str] | None = typer.Option(None, "--exclude-reviewer", metavar="NAME",
+                                                      help=EXCLUDE_REVIEWER_HELP),
     verbose: bool = typer.Option(True, "--verbose/--quiet", help="Log progress."),
     job: str | None = typer.Option(None, "--job", hidden=True,
                                    help="Internal: the run a torchrun worker belongs to (JSON)."),
@@ -47,7 +55,9 @@ def retrain(
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.ERROR)
-    cfg = load_monitor_config(config, {"retrain": {"warm_start": warm_start}} if warm_start else None)
+    retrain_raw = {**({"warm_start": warm_start} if warm_start else {}),
+                   **({"exclude_reviewers": list(exclude_reviewer)} if exclude_reviewer else {})}
+    cfg = load_monitor_config(config, {"retrain": retrain_raw} if retrain_raw else None)
     home_obj = Home(home, db_url=db_url)
     if read_champion(home_obj) is None:
         typer.secho(f"error: no champion model in {home_obj.root}; run `tuneloop train --home {home_obj.root}` first",
@@ -65,12 +75,14 @@ def retrain(
         result = serve_job(home_obj, cfg, json.loads(job))
     else:
         result = run_job(home_obj, cfg, force=force, nproc=nproc,
-                         launch=lambda run: launch_workers(home_obj, config, verbose, run, nproc, warm_start))
+                         launch=lambda run: launch_workers(home_obj, config, verbose, run, nproc, warm_start,
+                                                           exclude_reviewer))
     typer.echo(f"{result.action}: {result.reason}")
     raise typer.Exit(result.exit_code)
 
 
-def launch_workers(home, config: Path | None, verbose: bool, run: dict, nproc: int, warm_start: str | None = None) -> int:
+def launch_workers(home, config: Path | None, verbose: bool, run: dict, nproc: int, warm_start: str | None = None,
+                   exclude_reviewers: list[str] | None = None) -> int:
     """Run ``tuneloop retrain --job <run>`` in ``nproc`` torchrun processes (the store URL through
     ``$TUNELOOP_DB_URL``, not the command line); returns torchrun's exit code."""
     from tuneloop.training.distributed import relaunch
@@ -80,5 +92,7 @@ def launch_workers(home, config: Path | None, verbose: bool, run: dict, nproc: i
         args += ["--config", str(Path(config).resolve())]
     if warm_start is not None:
         args += ["--warm-start", warm_start]
+    for name in exclude_reviewers or ():
+        args += ["--exclude-reviewer", name]
     return relaunch(args, nproc, env={DB_URL_ENV: home.db_url} if home.db_url else None)
 

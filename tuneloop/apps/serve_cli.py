@@ -14,6 +14,7 @@ import typer
 
 from tuneloop.serving.config import ENV_VARS, ServeConfig
 from tuneloop.serving.launch import DEFAULT_HOST, DEFAULT_PORT, run_foreground
+from tuneloop.serving.reviewers import check_bind, reviewers_of
 from tuneloop.state.home import DB_URL_ENV, DB_URL_HELP, DEFAULT_HOME, HOME_ENV, Home
 from tuneloop.state.registry import read_champion
 from tuneloop.state.store_engine import describe
@@ -37,6 +38,16 @@ def serve(
         envvar=ENV_VARS["admin_token"], show_default=False,
         help="Bearer token for POST /admin/reload. Without one the admin endpoints answer 403. "
              f"Prefer the {ENV_VARS['admin_token']} variable: a command-line value shows in `ps`.")] = None,
+    reviewer_tokens: Annotated[str | None, typer.Option(
+        envvar=ENV_VARS["reviewer_tokens"], show_default=False,
+        help="Reviewers who may POST /feedback, as name:token pairs ('alice:TOKEN1,bob:TOKEN2'; tokens of "
+             "16+ printable characters); each feedback row records its reviewer. Without reviewer tokens "
+             "/feedback is open and only a loopback --host is allowed. Prefer the TUNELOOP_REVIEWER_TOKENS "
+             "variable or --reviewer-tokens-file: a command-line value shows in `ps`.")] = None,
+    reviewer_tokens_file: Annotated[Path | None, typer.Option(
+        envvar=ENV_VARS["reviewer_tokens_file"], show_default=False,
+        help="File of reviewer tokens: one name:token per line (# comments) or a JSON object name -> token; "
+             "refused when other users can read it (chmod 600).")] = None,
     poll_seconds: Annotated[float | None, typer.Option(
         help="Seconds between checks of the champion pointer for a newly promoted model (default: 2).")] = None,
     max_text_chars: Annotated[int | None, typer.Option(
@@ -80,7 +91,8 @@ def serve(
     smoke-tested and swapped in without a restart, by every worker process (--workers) and
     every replica (several `tuneloop serve` on other ports or hosts sharing HOME's model store
     and one --db-url store; each logged prediction names its replica and worker). Exits 1 when
-    HOME has no champion (unless --wait-for-champion), 2 on an invalid setting.
+    HOME has no champion (unless --wait-for-champion), 2 on an invalid setting (also: a --host
+    other than loopback without reviewer tokens).
     """
     home_obj = Home(home, db_url=db_url or None)
     overrides = _overrides(
@@ -88,11 +100,13 @@ def serve(
         max_batch_size=max_batch_size, max_latency_ms=max_latency_ms, torch_threads=torch_threads,
         inference_workers=inference_workers, batch_window_ms=batch_window_ms, quantize=quantize,
         workers=workers, replica=replica,
-        admin_token=admin_token,
+        admin_token=admin_token, reviewer_tokens=reviewer_tokens,
+        reviewer_tokens_file=reviewer_tokens_file.resolve() if reviewer_tokens_file else None,
     )
     try:
-        ServeConfig.from_env({**os.environ, **home_obj.env(), **overrides})
-    except ValueError as exc:
+        reviewers = reviewers_of(ServeConfig.from_env({**os.environ, **home_obj.env(), **overrides}))
+        check_bind(host, reviewers)
+    except ValueError as exc:  # ReviewerConfigError too
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None
     if not home_obj.root.is_dir():
@@ -104,7 +118,9 @@ def serve(
                    f"(`tuneloop train --home {home_obj.root} ...`), or pass --wait-for-champion", err=True)
         raise typer.Exit(code=1)
     typer.echo(f"serving {home_obj.root} on http://{host}:{port} (traffic store {describe(home_obj.store_url)}, "
-               f"admin endpoints {'enabled' if admin_token else 'disabled'})", err=True)
+               f"admin endpoints {'enabled' if admin_token else 'disabled'}, /feedback "
+               f"{f'needs a token of {len(reviewers.names)} reviewer(s)' if reviewers else 'open (loopback only)'})",
+               err=True)
     run_foreground(home_obj, host, port, env=overrides)
 
 

@@ -23,7 +23,6 @@ commit. Rows of a rolled-back transaction leave gaps in ``seq``: count rows, not
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,18 +30,16 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
+from tuneloop.state.feedback_writes import FeedbackWrite, write_feedback
 from tuneloop.state.migrate import upgrade
 from tuneloop.state.schema import Feedback, Generation, Prediction
 from tuneloop.state.store_engine import (
     ADVISORY_XACT_LOCK_SQL,
-    FEEDBACK_APPEND_LOCK_KEY,
     PREDICTIONS_APPEND_LOCK_KEY,
-    advisory_xact_lock,
     describe,
     make_engine,
     placeholders,
     sqlite_file,
-    upsert,
     without_nul,
 )
 from tuneloop.state.traffic_queries import window_select
@@ -51,8 +48,8 @@ from tuneloop.state.traffic_records import RATINGS, GenerationRecord, Prediction
 if TYPE_CHECKING:
     import pandas as pd  # imported where used: the serving worker never needs it (0.4 s of start-up)
 
-__all__ = ["GENERATION_WINDOW_COLUMNS", "LABELLED_COLUMNS", "RATINGS", "WINDOW_COLUMNS", "GenerationRecord",
-           "PredictionRecord", "TrafficLog", "UnknownRequestError", "make_engine"]
+__all__ = ["GENERATION_WINDOW_COLUMNS", "LABELLED_COLUMNS", "RATINGS", "WINDOW_COLUMNS", "FeedbackWrite",
+           "GenerationRecord", "PredictionRecord", "TrafficLog", "UnknownRequestError", "make_engine"]
 
 _PREDICTION_COLUMNS = ("request_id", "created_at", "text", "label", "confidence", "top3", "model_tag", "latency_ms",
                        "http_request_id", "replica", "worker")
@@ -64,7 +61,7 @@ WINDOW_COLUMNS = ["seq", "request_id", "created_at", "text", "label", "confidenc
 GENERATION_WINDOW_COLUMNS = ["reply", "finish_reason", "prompt_tokens", "completion_tokens", "mean_logprob",
                              "true_reply", "rating"]
 LABELLED_COLUMNS = ["feedback_seq", "request_id", "text", "label", "true_label", "confidence", "seq", "true_reply",
-                    "rating", "reply"]
+                    "rating", "reply", "reviewer"]
 
 
 class TrafficLog:
@@ -143,16 +140,18 @@ class TrafficLog:
         finally:
             conn.close()  # back to the pool
 
-    def _upsert_feedback(self, session: Session, request_id: str, values: dict) -> None:
-        """Insert or replace the feedback of ``request_id`` (under the feedback append lock)."""
-        if self._postgres:
-            values = dict(zip(values, without_nul(tuple(values.values()))))
-        advisory_xact_lock(session, FEEDBACK_APPEND_LOCK_KEY)
-        session.execute(upsert(self.engine, Feedback, {"request_id": request_id, **values}, ["request_id"],
-                               list(values)))
+    def add_feedback(self, request_id: str, true_label: str, reviewer: str | None = None) -> FeedbackWrite:
+        """Record the true label of a logged request, and who gave it. A later call for the same id
+        replaces it: latest wins, audited as a ``feedback_replaced`` event in the same transaction
+        (:mod:`tuneloop.state.feedback_writes`).
 
-    def add_feedback(self, request_id: str, true_label: str) -> None:
-        """Record the true label of a logged request (a later call for the same id replaces it).
+        Args:
+            request_id: the prediction's request id.
+            true_label: the label it should have had.
+            reviewer: the reviewer's name (None: unknown, e.g. a service without reviewer tokens).
+
+        Returns:
+            What the write did (replaced an earlier feedback, or changed nothing).
 
         Raises:
             UnknownRequestError: ``request_id`` was never logged.
@@ -161,16 +160,22 @@ class TrafficLog:
             known = session.scalar(select(Prediction.seq).where(Prediction.request_id == request_id))
             if known is None:
                 raise UnknownRequestError(request_id)
-            self._upsert_feedback(session, request_id, {"true_label": true_label, "created_at": time.time()})
+            return write_feedback(session, request_id, {"true_label": true_label}, reviewer, self._postgres)
 
-    def add_generation_feedback(self, request_id: str, reply: str | None = None, rating: int | None = None) -> None:
+    def add_generation_feedback(self, request_id: str, reply: str | None = None, rating: int | None = None,
+                                reviewer: str | None = None) -> FeedbackWrite:
         """Record a reviewer's corrected reply and/or rating of a logged generation. A later call for
-        the same id replaces the earlier feedback as a whole (a field it leaves out becomes null).
+        the same id replaces the earlier feedback as a whole (a field it leaves out becomes null;
+        latest wins, audited as for :meth:`add_feedback`).
 
         Args:
             request_id: the generation's request id.
             reply: the reply it should have given (non-empty), or None.
             rating: +1 (good) or -1 (bad), or None.
+            reviewer: the reviewer's name, or None.
+
+        Returns:
+            What the write did.
 
         Raises:
             ValueError: neither ``reply`` nor ``rating`` given, an empty reply, or a rating other than +1/-1.
@@ -186,8 +191,7 @@ class TrafficLog:
             known = session.scalar(select(Generation.request_id).where(Generation.request_id == request_id))
             if known is None:
                 raise UnknownRequestError(request_id)
-            self._upsert_feedback(session, request_id,
-                                  {"true_label": None, "reply": reply, "rating": rating, "created_at": time.time()})
+            return write_feedback(session, request_id, {"reply": reply, "rating": rating}, reviewer, self._postgres)
 
     def max_seq(self) -> int:
         """The newest prediction's ``seq`` (0 when the log is empty); one primary-key index lookup."""
@@ -248,9 +252,10 @@ class TrafficLog:
 
         Returns:
             DataFrame with columns :data:`LABELLED_COLUMNS` (``feedback_seq, request_id, text,
-            label, true_label, confidence, seq, true_reply, rating, reply``) in feedback order
-            (``true_label`` None for a generation's feedback; ``true_reply``/``rating`` None where
-            not given, and ``reply``, the generated reply, None for classification rows).
+            label, true_label, confidence, seq, true_reply, rating, reply, reviewer``) in feedback
+            order (``true_label`` None for a generation's feedback; ``true_reply``/``rating`` None
+            where not given, ``reply``, the generated reply, None for classification rows, and
+            ``reviewer`` None where the feedback came without a reviewer token).
 
         Raises:
             ValueError: ``limit`` < 1.
@@ -260,7 +265,7 @@ class TrafficLog:
         stmt = (
             select(Feedback.seq, Prediction.request_id, Prediction.text, Prediction.label,
                    Feedback.true_label, Prediction.confidence, Prediction.seq, Feedback.reply, Feedback.rating,
-                   Generation.reply)
+                   Generation.reply, Feedback.reviewer)
             .join(Prediction, Prediction.request_id == Feedback.request_id)
             .outerjoin(Generation, Generation.request_id == Feedback.request_id)
             .where(Feedback.seq > after_feedback_seq)
