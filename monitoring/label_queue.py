@@ -9,7 +9,9 @@ Usefulness of an unlabelled request = the mean of two percentile ranks within th
 
 The queue is rewritten every judged window to ``<home>/label_queue.json``: ``{"created_at",
 "champion", "window", "items": [{"request_id", "text", "label", "confidence", "novelty", "score"}]}``,
-best first. Label them through ``POST /feedback``.
+best first, each item also with the answering ``model_tag`` and (generation) the model's ``reply``
+when the window has them. Label them through ``POST /feedback``, or in Label Studio
+(``tuneloop labels export`` / ``import``, :mod:`tuneloop.monitoring.label_studio`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ QUEUE_FILE = "label_queue.json"
 # queue is enough feedback for a retrain.
 DEFAULT_QUEUE_SIZE = 50
 QUEUE_COLUMNS = ["request_id", "text", "label", "confidence", "novelty", "score"]
+QUEUE_EXTRA_COLUMNS = ["model_tag", "reply"]  # kept when the window has them (a reviewer sees what the model said)
 # A traffic row has feedback when any of these is known: a true label (classification), a corrected reply or
 # a rating (generation).
 FEEDBACK_COLUMNS = ("true_label", "true_reply", "rating")
@@ -52,17 +55,19 @@ def rank_for_labelling(window: pd.DataFrame, novelty: np.ndarray | None,
         size: queue length.
 
     Returns:
-        DataFrame with columns ``request_id, text, label, confidence, novelty, score`` (score 0..1).
+        DataFrame with columns ``request_id, text, label, confidence, novelty, score`` (score 0..1),
+        then those of :data:`QUEUE_EXTRA_COLUMNS` that ``window`` has with at least one value.
     """
     frame = window.reset_index(drop=True).copy()
     frame["novelty"] = np.nan if novelty is None else np.asarray(novelty, dtype=float)
     frame = frame[~has_feedback(frame)]
+    columns = QUEUE_COLUMNS + [c for c in QUEUE_EXTRA_COLUMNS if c in frame.columns and frame[c].notna().any()]
     if frame.empty:
         return frame.assign(score=[])[QUEUE_COLUMNS]
     uncertainty = (1 - frame["confidence"].astype(float)).rank(pct=True)
     score = uncertainty if novelty is None else (uncertainty + frame["novelty"].rank(pct=True)) / 2
     frame["score"] = score.to_numpy()
-    return frame.sort_values("score", ascending=False, kind="stable").head(size)[QUEUE_COLUMNS].reset_index(drop=True)
+    return frame.sort_values("score", ascending=False, kind="stable").head(size)[columns].reset_index(drop=True)
 
 
 def write_queue(path: Path, queue: pd.DataFrame, champion: str, window: str) -> None:

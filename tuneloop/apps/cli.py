@@ -11,6 +11,7 @@ import os
 import typer
 
 from tuneloop.apps.demo_cli import demo
+from tuneloop.apps.labels_cli import labels_app
 from tuneloop.apps.models_cli import models_app
 from tuneloop.apps.monitor_cli import monitor
 from tuneloop.apps.retrain_cli import retrain
@@ -44,6 +45,7 @@ app.command("monitor")(monitor)
 app.command("retrain")(retrain)
 app.command("demo")(demo)
 app.add_typer(models_app, name="models")
+app.add_typer(labels_app, name="labels")
 
 if __name__ == "__main__":
     app()
