@@ -95,6 +95,8 @@ def test_open_feedback_only_on_loopback():
 
 
 def test_a_service_on_another_address_refuses_to_start_without_tokens(champion_home, monkeypatch, tmp_path):
+    """`tuneloop serve --host 0.0.0.0`, `start_server` and the service itself refuse to start without reviewer
+    tokens (and with invalid ones); with tokens the service starts."""
     from typer.testing import CliRunner
 
     from tuneloop.apps.serve_cli import app
@@ -113,6 +115,15 @@ def test_a_service_on_another_address_refuses_to_start_without_tokens(champion_h
     tokens.chmod(0o600)
     result = CliRunner().invoke(app, ["serve", "--home", str(champion_home.root), "--reviewer-tokens-file", str(tokens)])
     assert result.exit_code == 2 and "16-256" in result.output
+    # the service itself (a plain `bentoml serve` with TUNELOOP_BIND_HOST): no start without tokens, a start with them
+    from test_service import make_client
+
+    monkeypatch.setenv("TUNELOOP_BIND_HOST", "0.0.0.0")
+    with pytest.raises(ReviewerConfigError, match="refusing to bind 0.0.0.0"), make_client(champion_home, monkeypatch):
+        pass
+    monkeypatch.setenv("TUNELOOP_REVIEWER_TOKENS", f"alice:{ALICE}")
+    with make_client(champion_home, monkeypatch) as c:
+        assert c.get("/readyz").status_code == 200
 
 
 def test_serve_with_tokens_binds_any_address_and_passes_them_on(champion_home, monkeypatch, tmp_path):
