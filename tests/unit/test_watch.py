@@ -8,7 +8,7 @@ import uuid
 
 import numpy as np
 import pytest
-from conftest import save_tiny_model
+from conftest import save_tiny_llm, save_tiny_model
 from scipy.stats import binomtest, ttest_1samp
 
 from tuneloop.monitoring.watch import (
@@ -246,3 +246,49 @@ def test_the_watch_config_is_validated_where_it_enters():
         MonitorConfig(watch={"requests": 5})
     with pytest.raises(ValidationError):
         MonitorConfig(watch={"alpah": 0.1})
+
+
+def _log_generations(home, tag: str, n: int, corrected: str | None, start: float, logprob: float = -0.7) -> None:
+    """Log ``n`` generations of ``tag`` replying "your order is on its way"; each gets ``corrected`` as the
+    reviewer's reply (None: no feedback)."""
+    from tuneloop.state.traffic_store import GenerationRecord, PredictionRecord, TrafficLog
+
+    traffic = TrafficLog(home.store_url)
+    ids = [uuid.uuid4().hex for _ in range(n)]
+    traffic.log_predictions([PredictionRecord(
+        request_id=rid, created_at=start + i * 1e-3, text=f"where is order {i}?", label="stop",
+        confidence=float(np.exp(logprob)), top3=[], model_tag=tag, latency_ms=40.0 + i % 7,
+        generation=GenerationRecord(reply="your order is on its way", finish_reason="stop", prompt_tokens=9,
+                                    completion_tokens=6, mean_logprob=logprob + 0.01 * (i % 5)))
+        for i, rid in enumerate(ids)])
+    if corrected is not None:
+        for rid in ids:
+            traffic.add_generation_feedback(rid, reply=corrected)
+
+
+def test_watcher_rolls_back_a_generation_model_whose_replies_miss_the_reviewers(llm_champion_home):
+    from tuneloop.monitoring.watch import MEAN_LOGPROB
+    from tuneloop.state.events import GATED, EventLog
+    from tuneloop.state.registry import promote, read_champion
+
+    home = llm_champion_home
+    old = read_champion(home).tag
+    _log_generations(home, old, 40, corrected=None, start=time.time() - 60)
+    new = save_tiny_llm(home)  # the champion's weights under a new tag
+    EventLog(home.store_url).record(GATED, "test gate", tag=new, actor="test",
+                                    detail={"champion": {"rougeL": 0.5}, "challenger": {"rougeL": 0.6}})
+    promote(home, new, reason="test promotion", actor="test")
+    watcher = _watcher(home, requests=50)
+    assert watcher.step(read_champion(home)).verdict == WATCHING
+    state = watcher.state()
+    assert state.task == "generation" and state.gate["metric"] == "rougeL" and state.gate["value"] == 0.6
+    assert state.gate["source"].startswith("gated event")
+    _log_generations(home, new, 35, corrected="sorry, I cannot find that order; please send its number",
+                     start=time.time())
+    verdict = watcher.step(read_champion(home))
+    assert verdict.verdict == ROLLED_BACK and read_champion(home).tag == old
+    rouge, logprob, latency = verdict.signals
+    assert rouge.name == FEEDBACK_ROUGE and rouge.fired and rouge.n == 35
+    assert rouge.value == pytest.approx(0.25)  # LCS "order ... its": P 2/6, R 2/10
+    assert logprob.name == MEAN_LOGPROB and logprob.p_value is not None and not logprob.fired
+    assert latency.name == LATENCY and not latency.fired
