@@ -126,9 +126,11 @@ def not_watched_reason(events: EventLog, pointer: ChampionPointer) -> str | None
     newest = max(moves, key=lambda e: e.id, default=None)
     if newest is not None and newest.kind == ROLLED_BACK_EVENT and newest.detail.get("champion") == pointer.tag:
         return "restored by a rollback"
-    watched = events.events(tag=pointer.tag, kind=WATCHED, limit=1)
     promoted = events.events(tag=pointer.tag, kind=PROMOTED, limit=1)
-    if watched and (not promoted or watched[0].id > promoted[0].id):
+    if not promoted:
+        return "no promoted event: promoted before the event log existed"
+    watched = events.events(tag=pointer.tag, kind=WATCHED, limit=1)
+    if watched and watched[0].id > promoted[0].id:
         return "already watched since its promotion"
     return None
 

@@ -226,6 +226,9 @@ def test_watcher_keeps_a_good_promotion_when_its_window_closes(champion_home):
     assert read_champion(home).tag == good
     assert [e.detail["verdict"] for e in EventLog(home.store_url).events(tag=good, kind=WATCHED)] == ["kept"]
     assert watcher.step(read_champion(home)) is None and watcher.metrics.rollbacks.family().samples[0].value == 0
+    watcher.audit.set_state("watch", None)  # a lost state: the watched event says it is done
+    assert watcher.step(read_champion(home)) is None
+    assert watcher.state().reason == "already watched since its promotion"
 
 
 def test_a_first_model_is_not_watched(champion_home):
