@@ -382,9 +382,17 @@ def test_serving_metrics_cover_batches_log_writes_and_in_flight(client):
 def test_reduced_precision_serving_and_disabled_log(champion_home, monkeypatch, precision):
     monkeypatch.setenv("TUNELOOP_QUANTIZE", precision)
     monkeypatch.setenv("TUNELOOP_TRAFFIC_LOG", "0")
+    # the store may exist already (promote() records its event there); the service must add nothing to it
+    existed = champion_home.traffic_db_path.exists()
     with make_client(champion_home, monkeypatch) as c:
         r = c.post("/classify", json={"texts": ["where is my card", "refund"]})
         assert r.status_code == 200 and 0 < r.json()[0]["confidence"] <= 1
         r = c.post("/feedback", json={"request_id": "0" * 32, "label": "lost_card"})
         assert r.status_code == 503 and "traffic log is off" in r.json()["error"]
-    assert not champion_home.traffic_db_path.exists()
+    if not existed:
+        assert not champion_home.traffic_db_path.exists()
+    else:
+        from tuneloop.state.traffic_store import TrafficLog
+
+        log = TrafficLog(champion_home.traffic_db_path)
+        assert log.count_predictions() == 0 and log.count_labelled() == 0
