@@ -15,7 +15,7 @@ from conftest import TINY_LABELS, save_tiny_llm, save_tiny_model, write_intent_c
 from typer.testing import CliRunner
 
 from tuneloop.apps.cli import app
-from tuneloop.apps.models_view import describe_feedback, describe_trigger, metric_diff
+from tuneloop.apps.models_view import describe_feedback, describe_link, describe_trigger, metric_diff
 from tuneloop.state.events import GATED, PROMOTED, ROLLED_BACK, UNBLOCKED, EventLog
 from tuneloop.state.home import Home
 from tuneloop.state.registry import read_champion
@@ -93,6 +93,14 @@ def test_pure_views_format_metrics_triggers_and_feedback():
     assert describe_feedback({"rows": 0}) == "-"
     assert describe_feedback({"rows": 40, "train_rows": 30, "holdout_rows": 10, "reviewers": ["alice", "bob"],
                               "request_seq": [1, 40]}) == "40 rows (30 train, 10 holdout) by alice, bob; requests seq 1-40"
+    event = {"at": "2026-12-03T19:14:57+00:00", "actor": "cli", "reason": "on-call"}
+    link = {"missing": False, "trigger": None, "feedback": None, "data_sha256": "ab" * 32, "blocked": True,
+            "gate": {"verdict": "refused", "reason": "macro_f1 ... -> keep champion"}, "promotions": [event],
+            "rollbacks": [{**event, "actor": None, "reason": "live accuracy fell"}]}
+    assert describe_link(link) == [
+        ("trigger", "-"), ("feedback", "-"), ("data sha256", "ab" * 32), ("gate", "refused: macro_f1 ... -> keep champion"),
+        ("promoted", "2026-12-03 19:14:57 by cli: on-call"), ("rolled back", "2026-12-03 19:14:57: live accuracy fell"),
+        ("blocked", "yes (`tuneloop models promote --force` lifts it)")]
 
 
 def test_list_show_diff_both_tasks_and_bad_input(champion_home):
@@ -113,7 +121,7 @@ def test_list_show_diff_both_tasks_and_bad_input(champion_home):
     table = _models(home, "list")
     assert table.exit_code == 0 and first in table.output and "tiny-random-llama" in table.output, table.output
     champion_line = next(line for line in table.output.splitlines() if first in line)
-    assert "*" in champion_line and "macro_f1 -" in champion_line
+    assert champion_line.split()[:2] == ["*", first] and "macro_f1" in champion_line
 
     shown = _json(home, "show")  # default: the champion
     assert shown["tag"] == first and shown["row"]["champion"] and shown["card"] is None

@@ -80,8 +80,10 @@ def _fmt(value) -> str:
 def list_cmd(home: Path = HOME_OPTION, db_url: str | None = DB_URL_OPTION, as_json: bool = JSON_OPTION) -> None:
     """List every model version, oldest first.
 
-    Columns: tag, task, created (UTC), base model, primary metric on its test split, markers (* champion, ^ previous champion: where `models rollback` goes), the gate's verdict
-    (`-`: no gate judged it, e.g. the first model) and whether it is blocked."""
+    Columns: tag, task, created (UTC), base model, primary metric on its test split, the gate's verdict
+    (`-`: no gate judged it, e.g. the first model), and markers: * champion, ^ previous champion (where
+    `models rollback` goes), x blocked (rolled back; `models promote --force` lifts it)."""
+    from rich import box
     from rich.table import Table
 
     from tuneloop.apps.models_view import model_rows
@@ -93,14 +95,18 @@ def list_cmd(home: Path = HOME_OPTION, db_url: str | None = DB_URL_OPTION, as_js
     if not doc["models"]:
         typer.echo(f"no models in {Path(home).resolve()}: `tuneloop train --home {home}` makes the first")
         return
-    table = Table(title="models (* champion, ^ previous champion)")
-    for col in ("", "tag", "task", "created", "base model", "metric", "gate", "blocked"):
-        table.add_column(col)
+    table = Table(title="models (* champion, ^ previous champion, x blocked)", box=box.SIMPLE_HEAD,
+                  padding=(0, 1, 0, 0), pad_edge=False)
+    table.add_column("")
+    table.add_column("tag", no_wrap=True, min_width=max(len(r["tag"]) for r in doc["models"]))
+    table.add_column("task", no_wrap=True)
+    table.add_column("created (UTC)", no_wrap=True)
+    for col in ("base model", "metric", "value", "gate"):
+        table.add_column(col, justify="right" if col == "value" else "left")
     for row in doc["models"]:
-        mark = "*" if row["champion"] else ("^" if row["previous"] else "")
-        metric = f"{row['metric']['name']} {_fmt(row['metric']['value'])}" if row["metric"]["name"] else "-"
-        table.add_row(mark, row["tag"], row["task"], row["created"], _fmt(row["base_model"]), metric, row["gate"],
-                      "yes" if row["blocked"] else "")
+        mark = ("*" if row["champion"] else "^" if row["previous"] else "") + ("x" if row["blocked"] else "")
+        table.add_row(mark, row["tag"], row["task"], row["created"][:16].replace("T", " "), _fmt(row["base_model"]),
+                      _fmt(row["metric"]["name"]), _fmt(row["metric"]["value"]), row["gate"])
     _console().print(table)
 
 
@@ -118,7 +124,7 @@ def show_cmd(
     from rich.markdown import Markdown
     from rich.table import Table
 
-    from tuneloop.apps.models_view import describe_feedback, describe_trigger, flat_metrics, model_detail
+    from tuneloop.apps.models_view import describe_link, flat_metrics, model_detail
     from tuneloop.state.registry import ModelNotFoundError
 
     try:
@@ -144,19 +150,15 @@ def show_cmd(
     for key, value in flat_metrics(doc["metrics"]).items():
         metrics.add_row(key, _fmt(value))
     console.print(metrics)
-    chain = Table(title="lineage (newest first)")
-    for col in ("tag", "trigger", "feedback", "data sha256", "gate", "promotions", "rollbacks"):
-        chain.add_column(col)
-    for link in doc["lineage"]:
-        if link["missing"]:
-            chain.add_row(link["tag"], "(not in the store)", "", "", "", "", "")
-            continue
-        gate = link["gate"]["verdict"] if link["gate"] else "-"
-        promos = ", ".join(f"{p['at']} by {p['actor'] or '?'}" for p in link["promotions"]) or "-"
-        backs = ", ".join(f"{r['at']} by {r['actor'] or '?'}: {r['reason']}" for r in link["rollbacks"]) or "-"
-        chain.add_row(link["tag"], describe_trigger(link["trigger"]), describe_feedback(link["feedback"]),
-                      (link["data_sha256"] or "-")[:12], gate + (" (blocked)" if link["blocked"] else ""), promos, backs)
-    console.print(chain)
+    console.print("[bold]lineage[/bold] (the model, then its parent, ...)", highlight=False)
+    for depth, link in enumerate(doc["lineage"]):
+        block = Table(show_header=False, box=None, padding=(0, 1, 0, 2))
+        block.add_column(no_wrap=True)
+        block.add_column()
+        for field, text in describe_link(link):
+            block.add_row(field, text)
+        console.print(("" if depth == 0 else "parent: ") + link["tag"], highlight=False)
+        console.print(block)
     if doc["card"]:
         lines = doc["card"].splitlines()
         console.print(Markdown("\n".join(lines if card else lines[:CARD_LINES])))

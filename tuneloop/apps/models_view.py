@@ -202,16 +202,16 @@ def model_detail(home: Home, tag: str | None = None) -> dict:
             "lineage": lineage_chain(home, tag, events), "events": [_event_summary(e) for e in events.get(tag, [])]}
 
 
-def flat_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
+def flat_metrics(metrics: dict, prefix: str = "") -> dict[str, int | float]:
     """Numeric leaves of a (nested) metrics dict keyed by dotted path (``test.macro_f1``); booleans,
     strings and lists (per-class reports) are left out."""
-    flat: dict[str, float] = {}
+    flat: dict[str, int | float] = {}
     for key, value in metrics.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
             flat.update(flat_metrics(value, name + "."))
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            flat[name] = float(value)
+            flat[name] = value
     return flat
 
 
@@ -266,3 +266,27 @@ def describe_feedback(feedback: dict | None) -> str:
     if feedback.get("request_seq"):
         line += "; requests seq {}-{}".format(*feedback["request_seq"])
     return line
+
+
+def describe_event(event: dict) -> str:
+    """One line for an event summary (``_event_summary``): ``2026-12-03 19:14:53 by cli: the reason``."""
+    line = event["at"][:19].replace("T", " ")
+    if event.get("actor"):
+        line += f" by {event['actor']}"
+    return f"{line}: {event['reason']}"
+
+
+def describe_link(link: dict) -> list[tuple[str, str]]:
+    """The (field, text) lines ``tuneloop models show`` prints for one link of a lineage chain
+    (:func:`chain_entry`): trigger, feedback, data hash, gate verdict, each promotion and rollback, a block."""
+    if link["missing"]:
+        return [("store", "not in the store (deleted?)")]
+    gate = link["gate"]
+    rows = [("trigger", describe_trigger(link["trigger"])), ("feedback", describe_feedback(link["feedback"])),
+            ("data sha256", link["data_sha256"] or NO_VERDICT),
+            ("gate", f"{gate['verdict']}: {gate['reason']}" if gate else NO_VERDICT)]
+    rows += [("promoted", describe_event(e)) for e in link["promotions"]]
+    rows += [("rolled back", describe_event(e)) for e in link["rollbacks"]]
+    if link["blocked"]:
+        rows.append(("blocked", "yes (`tuneloop models promote --force` lifts it)"))
+    return rows
