@@ -133,6 +133,8 @@ def test_list_show_diff_both_tasks_and_bad_input(champion_home):
     diff = _json(home, "diff", first, second)
     assert diff["a"] == first and diff["b"] == second
     assert diff["metrics"] == [{"metric": "test_accuracy", "a": 0.0, "b": 0.0, "diff": 0.0}]
+    diff_table = _models(home, "diff", first, second).output
+    assert f"a = {first}" in diff_table and "test_accuracy" in diff_table and "+0.0000" in diff_table, diff_table
 
     missing = _models(home, "show", "tuneloop-classifier:nosuchversion")
     assert missing.exit_code == 2 and "not in the store" in missing.output

@@ -188,16 +188,24 @@ def diff_cmd(
     if as_json:
         _print_json(doc)
         return
-    table = Table(title=f"a = {doc['a']}, b = {doc['b']}")
+    table = Table(title="metrics")
     for col in ("metric", "a", "b", "b - a"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     for row in doc["metrics"]:
-        diff = "-" if row["diff"] is None else f"{row['diff']:+.4f}"
-        table.add_row(row["metric"], _fmt(row["a"]), _fmt(row["b"]), diff)
-    for fact in doc["facts"]:
-        if fact["a"] != fact["b"]:
-            table.add_row(fact["field"], _fmt(fact["a"]), _fmt(fact["b"]), "")
-    _console().print(table)
+        diff = row["diff"]
+        table.add_row(row["metric"], _fmt(row["a"]), _fmt(row["b"]),
+                      "-" if diff is None else f"{diff:+d}" if isinstance(diff, int) else f"{diff:+.4f}")
+    console = _console()
+    console.print(f"a = {doc['a']}\nb = {doc['b']}", highlight=False)
+    console.print(table)
+    differing = [f for f in doc["facts"] if f["a"] != f["b"]]
+    if differing:
+        facts = Table(title="facts that differ")
+        for col in ("field", "a", "b"):
+            facts.add_column(col)
+        for fact in differing:
+            facts.add_row(fact["field"], _fmt(fact["a"]), _fmt(fact["b"]))
+        console.print(facts)
 
 
 @models_app.command("promote")
