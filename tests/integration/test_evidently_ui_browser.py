@@ -1,8 +1,10 @@
 """Seen in a real browser: ``evidently ui`` on a workspace that our monitor wrote (two judged windows
 of a tiny random champion), opened in headless Chromium (Debian's ``/usr/bin/chromium``, driven by
 Playwright's Python package through ``executable_path``: no browser download). The project's
-dashboard must draw our panels (both tabs), and one window's report must draw our metrics; the
-screenshots go under the test's ``tmp_path`` and their paths are printed (``pytest -s`` shows them).
+dashboard must draw every panel of ours with its line (Evidently 0.7.23's UI lists both tabs' panels
+on one page), and the drifted window's report must draw our metrics, showing the descriptors' K-S
+p-values that the audit table holds; the screenshots (``dashboard.png``, ``report.png``) go under the
+test's ``tmp_path`` and their paths are printed (``pytest -s`` shows them).
 
 Chromium starts with the machine notes' flags (``--no-sandbox --disable-gpu --disable-quic
 --no-first-run --disable-background-networking --disable-component-update --disable-sync``, headless,
