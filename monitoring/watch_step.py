@@ -12,7 +12,8 @@ Outcomes, each in the event log (:mod:`tuneloop.state.events`, actor ``monitor``
 detail ``verdict`` ``kept`` when the window closes without a regression; on a regression,
 :func:`tuneloop.state.registry.rollback` (the pointer goes back to the previous unblocked champion,
 ``rolled_back`` and ``blocked`` events; the service follows the pointer: a rollback is a hot swap),
-``tuneloop_monitor_rollbacks_total`` + 1, and ``watched`` with verdict ``rolled_back``.
+``tuneloop_monitor_rollbacks_total`` + 1, and ``watched`` with verdict ``rolled_back``. A champion
+promoted over before its watch ended gets ``watched`` with verdict ``superseded``; the newer one is watched.
 
 The gate figure the feedback signal compares with: the challenger's metrics in the newest ``gated`` event
 of the tag (``detail["challenger"]``), else the model's own test-split metrics (its metadata); with
@@ -63,6 +64,7 @@ log = logging.getLogger(__name__)
 
 ACTOR = "monitor"
 GATE_METRIC = {"classification": "accuracy", "generation": "rougeL"}  # task -> the gate figure the feedback tests
+SUPERSEDED = "superseded"  # verdict of a watch whose champion was replaced (promoted over) before it ended
 GATED_EVENTS_READ = 5  # newest gated events of a tag searched for its figure (one per gate run)
 
 
@@ -221,6 +223,10 @@ class Watcher:
             sqlalchemy.exc.OperationalError: the store cannot be reached.
         """
         state = self.state()
+        if state is not None and not state.done and state.tag != pointer.tag:  # replaced before its watch ended
+            self.events.record(WATCHED, f"superseded by {pointer.tag} after {state.looks} looks", tag=state.tag,
+                               actor=ACTOR, detail={"verdict": SUPERSEDED, "looks": state.looks,
+                                                    "start_seq": state.start_seq, "champion": pointer.tag})
         if state is None or state.tag != pointer.tag:
             state = self.begin(pointer)
         if state.done:

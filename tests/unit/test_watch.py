@@ -231,6 +231,21 @@ def test_watcher_keeps_a_good_promotion_when_its_window_closes(champion_home):
     assert watcher.state().reason == "already watched since its promotion"
 
 
+def test_a_champion_promoted_over_during_its_watch_is_superseded(champion_home):
+    from tuneloop.state.events import WATCHED, EventLog
+    from tuneloop.state.registry import read_champion
+
+    home = champion_home
+    first = _promote_with_gate(home, seed=1, accuracy=0.9)
+    watcher = _watcher(home)
+    assert watcher.step(read_champion(home)).verdict == WATCHING
+    second = _promote_with_gate(home, seed=2, accuracy=0.9)
+    assert watcher.step(read_champion(home)).verdict == WATCHING
+    assert watcher.state().tag == second and watcher.state().previous == first
+    (event,) = EventLog(home.store_url).events(tag=first, kind=WATCHED)
+    assert event.detail["verdict"] == "superseded" and event.detail["champion"] == second
+
+
 def test_a_first_model_is_not_watched(champion_home):
     from tuneloop.state.registry import read_champion
 
