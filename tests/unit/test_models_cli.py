@@ -178,8 +178,8 @@ def test_promote_gate_force_block_and_rollback_are_audited(trained, tmp_path):
 
     listed = _json(home, "list")
     assert listed["champion"] == worse and listed["previous"] == first
-    back = _json(home, "rollback", "--reason", "live accuracy fell")
-    assert back == {"champion": first, "reverted": worse, "blocked": True, "reason": "live accuracy fell"}
+    back = _json(home, "rollback", "--reason", "live accuracy fell [/x]")
+    assert back == {"champion": first, "reverted": worse, "blocked": True, "reason": "live accuracy fell [/x]"}
     assert read_champion(home).tag == first and log.is_blocked(worse)
     rolled = log.events(kind=ROLLED_BACK)[-1]
     assert rolled.tag == worse and rolled.actor == "cli"
@@ -195,9 +195,9 @@ def test_promote_gate_force_block_and_rollback_are_audited(trained, tmp_path):
     shown = _json(home, "show", worse)
     (link,) = shown["lineage"]
     assert link["gate"]["verdict"] == "refused" and [p["actor"] for p in link["promotions"]] == ["cli", "cli"]
-    assert [r["reason"] for r in link["rollbacks"]] == ["live accuracy fell", "once more"]
+    assert [r["reason"] for r in link["rollbacks"]] == ["live accuracy fell [/x]", "once more"]
     text = _models(home, "show", worse)
-    assert text.exit_code == 0 and "refused" in text.output and "live accuracy fell" in text.output, text.output
+    assert text.exit_code == 0 and "refused" in text.output and "live accuracy fell [/x]" in text.output, text.output
 
 
 @pytest.mark.timeout(300)

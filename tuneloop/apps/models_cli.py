@@ -70,10 +70,14 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _fmt(value) -> str:
+def _fmt(value):
+    """A table cell: ``-`` for None, 4 decimals for a float; plain text (``rich.text.Text``), never read as
+    markup, so a reason like ``[/x]`` prints as typed."""
+    from rich.text import Text
+
     if value is None:
-        return "-"
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+        return Text("-")
+    return Text(f"{value:.4f}" if isinstance(value, float) else str(value))
 
 
 @models_app.command("list")
@@ -105,8 +109,8 @@ def list_cmd(home: Path = HOME_OPTION, db_url: str | None = DB_URL_OPTION, as_js
         table.add_column(col, justify="right" if col == "value" else "left")
     for row in doc["models"]:
         mark = ("*" if row["champion"] else "^" if row["previous"] else "") + ("x" if row["blocked"] else "")
-        table.add_row(mark, row["tag"], row["task"], row["created"][:16].replace("T", " "), _fmt(row["base_model"]),
-                      _fmt(row["metric"]["name"]), _fmt(row["metric"]["value"]), row["gate"])
+        table.add_row(mark, _fmt(row["tag"]), _fmt(row["task"]), row["created"][:16].replace("T", " "),
+                      _fmt(row["base_model"]), _fmt(row["metric"]["name"]), _fmt(row["metric"]["value"]), row["gate"])
     _console().print(table)
 
 
@@ -137,7 +141,7 @@ def show_cmd(
     console, row, meta = _console(), doc["row"], doc["metadata"]
     marks = [m for m, on in (("champion", row["champion"]), ("previous champion", row["previous"]),
                              ("BLOCKED", row["blocked"])) if on]
-    console.print(f"[bold]{doc['tag']}[/bold] {' '.join(f'[{m}]' for m in marks)}", highlight=False)
+    console.print(f"{doc['tag']} {' '.join(f'({m})' for m in marks)}", markup=False, highlight=False)
     facts = Table(show_header=False, box=None)
     for key, value in (("task", row["task"]), ("created", row["created"]), ("base model", row["base_model"]),
                        ("path", doc["path"]), ("data sha256", meta.get("data_sha256")),
@@ -148,7 +152,7 @@ def show_cmd(
     metrics.add_column("metric")
     metrics.add_column("value", justify="right")
     for key, value in flat_metrics(doc["metrics"]).items():
-        metrics.add_row(key, _fmt(value))
+        metrics.add_row(_fmt(key), _fmt(value))
     console.print(metrics)
     console.print("[bold]lineage[/bold] (the model, then its parent, ...)", highlight=False)
     for depth, link in enumerate(doc["lineage"]):
@@ -156,8 +160,8 @@ def show_cmd(
         block.add_column(no_wrap=True)
         block.add_column()
         for field, text in describe_link(link):
-            block.add_row(field, text)
-        console.print(("" if depth == 0 else "parent: ") + link["tag"], highlight=False)
+            block.add_row(field, _fmt(text))
+        console.print(("" if depth == 0 else "parent: ") + link["tag"], markup=False, highlight=False)
         console.print(block)
     if doc["card"]:
         lines = doc["card"].splitlines()
@@ -193,10 +197,10 @@ def diff_cmd(
         table.add_column(col, justify="left" if col == "metric" else "right")
     for row in doc["metrics"]:
         diff = row["diff"]
-        table.add_row(row["metric"], _fmt(row["a"]), _fmt(row["b"]),
+        table.add_row(_fmt(row["metric"]), _fmt(row["a"]), _fmt(row["b"]),
                       "-" if diff is None else f"{diff:+d}" if isinstance(diff, int) else f"{diff:+.4f}")
     console = _console()
-    console.print(f"a = {doc['a']}\nb = {doc['b']}", highlight=False)
+    console.print(f"a = {doc['a']}\nb = {doc['b']}", markup=False, highlight=False)
     console.print(table)
     differing = [f for f in doc["facts"] if f["a"] != f["b"]]
     if differing:
