@@ -24,8 +24,8 @@ OFF_TERMINAL_WIDTH = 200  # table width when piped without $COLUMNS: rich's 80 w
 
 models_app = typer.Typer(
     name="models", no_args_is_help=True, pretty_exceptions_enable=False,
-    help="The model registry of a home: every trained version, its metrics and lineage, the champion "
-         "pointer. Promote a version (through the gate unless --force) or roll back to the previous champion; "
+    help="The model registry: list, show, diff, promote and roll back model versions.\n\n"
+         "Every trained version of a home, its metrics and lineage, the champion pointer. Promote a version (through the gate unless --force) or roll back to the previous champion; "
          "every move is audited in the event log (actor `cli`). Exit codes: 0 ok, 1 refused (the gate kept the "
          "champion, or the tag is blocked), 2 bad input (unknown tag, nothing to roll back).",
 )
