@@ -13,8 +13,9 @@ champion did), on the very text the champion answered, loaded from the very file
 from, so the quality comparison is paired and fair; what the stage does not see is how the challenger
 behaves *as a server* (its latency, errors, memory under load): the post-swap watch judges that
 after a promotion. The monitor's cycle grows by the challenger's inference on at most
-``max_rows_per_window`` rows (a tiny classifier: milliseconds; MiniLM: ~1 s per 100 texts on CPU;
-a 135M-parameter generator: ~1.3 s per reply on CPU, so ~80 s for 64 replies).
+``max_rows_per_window`` rows (a tiny classifier: milliseconds; MiniLM: under 1 s per 100 texts on
+CPU, as its embeddings of 500 texts took 3.9 s in monitoring/embeddings.py; SmolLM2-135M: ~1.3 s per
+reply on CPU, as the gate's 48 replies take ~1 min in training/generation.py, so ~80 s for 64).
 
 The stage, cycle by cycle:
 
@@ -28,7 +29,8 @@ The stage, cycle by cycle:
    sample (``sample_share`` of request ids, chosen by a hash of the id and ``seed``, so a request is in
    or out whatever window it falls in), at most ``max_rows_per_window`` per window and ``max_kept`` in
    all; feedback that arrives later is matched to the kept rows by request id;
-3. once ``min_rows`` shadowed requests have reviewer feedback: :func:`judge_shadow`. The rule:
+3. once ``min_rows`` shadowed requests have reviewer feedback:
+   :func:`~tuneloop.monitoring.shadow_rules.judge_shadow`. The rule:
    **promote when challenger agreement >= champion agreement - tolerance** on those requests
    (``registry.promote``, actor ``monitor``), otherwise drop the challenger; either way a ``shadowed``
    event with both agreements, the row count and the rule;
@@ -39,21 +41,30 @@ The stage, cycle by cycle:
 Agreement with the feedback, per task: classification, accuracy (the answer equals the reviewer's
 label); generation, mean ROUGE-L F-measure of the reply against the reviewer's corrected reply (rows
 with only a rating do not count). The champion's side is what it answered and the service logged.
+The pure parts (the sample, the answers, agreement, the rule) are in
+:mod:`tuneloop.monitoring.shadow_rules`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from tuneloop.monitoring.gate import ShadowConfig
+from tuneloop.monitoring.shadow_rules import (
+    AGREEMENT_METRIC,
+    ANSWER_COLUMN,
+    TRUTH_COLUMN,
+    Answerer,
+    ShadowVerdict,
+    agreement_scores,
+    answer_texts,
+    in_sample,
+    judge_shadow,
+)
 from tuneloop.state.audit import AuditLog
 from tuneloop.state.events import SHADOWED, EventLog
 from tuneloop.state.home import Home
@@ -71,33 +82,6 @@ ACTOR = "monitor"  # the events' actor: the monitor computes the shadow answers 
 PENDING, PROMOTED, DROPPED = "pending", "promoted", "dropped"  # verdicts of ShadowOutcome and the events
 FEEDBACK_PAGE = 5000  # feedback rows read per cycle (the rest come next cycle): a bounded read
 MAX_ANSWER_CHARS = 4000  # a kept answer is cut to this many characters (bounds the state row; replies are shorter)
-GENERATION_BATCH = 8  # replies per generate() call (the gate's batch size, training.generation)
-# per task: the window column of the champion's logged answer, and the feedback column of the reviewer's
-ANSWER_COLUMN = {"classification": "label", "generation": "reply"}
-TRUTH_COLUMN = {"classification": "true_label", "generation": "true_reply"}
-
-
-@dataclass(frozen=True)
-class ShadowVerdict:
-    """The comparison of both models on the shadowed requests with feedback.
-
-    Attributes:
-        promote: challenger_agreement >= champion_agreement - tolerance (and ``rows`` >= ``min_rows``).
-        challenger_agreement: mean agreement of the challenger's shadow answers with the feedback (0..1).
-        champion_agreement: the same for the champion's logged answers on the same requests (0..1).
-        rows: paired requests compared.
-        tolerance: how much worse the challenger may be.
-        metric: ``accuracy`` or ``rougeL``.
-        reason: the figures and the rule, in words.
-    """
-
-    promote: bool
-    challenger_agreement: float
-    champion_agreement: float
-    rows: int
-    tolerance: float
-    metric: str
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -128,70 +112,6 @@ class ShadowOutcome:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def in_sample(request_ids: Sequence[str], share: float, seed: int = 0) -> np.ndarray:
-    """Which requests the seeded shadow sample holds: SHA-256 of ``"<seed>:<request id>"``, its first
-    32 bits as a fraction of 2**32, below ``share``. Deterministic per request (the same request is in
-    or out in any window and any process), about ``share`` of them in.
-
-    Returns:
-        bool array, shape (len(request_ids),).
-    """
-    buckets = [int(hashlib.sha256(f"{seed}:{rid}".encode()).hexdigest()[:8], 16) / 2**32 for rid in request_ids]
-    return np.asarray(buckets, dtype=float).reshape(-1) < share
-
-
-def agreement_scores(task: str, answers: Sequence[str], truths: Sequence[str]) -> np.ndarray:
-    """Per request, how far an answer agrees with the reviewer's feedback, in 0..1.
-
-    Args:
-        task: ``classification`` (1.0 when the answer equals the reviewer's label, else 0.0) or
-            ``generation`` (ROUGE-L F-measure of the reply against the reviewer's corrected reply,
-            :func:`tuneloop.training.gen_metrics.rouge_l_each`).
-        answers, truths: n answers and n feedback values, paired.
-
-    Returns:
-        float array, shape (n,).
-
-    Raises:
-        ValueError: unknown task, or lists of different lengths.
-    """
-    if len(answers) != len(truths):
-        raise ValueError(f"{len(answers)} answers vs {len(truths)} feedback values")
-    if task == "classification":
-        return np.asarray([float(str(a) == str(t)) for a, t in zip(answers, truths)], dtype=float)
-    if task == "generation":
-        from tuneloop.training.gen_metrics import rouge_l_each
-
-        return np.asarray(rouge_l_each(list(map(str, answers)), list(map(str, truths))) if answers else [], dtype=float)
-    raise ValueError(f"the shadow stage knows tasks {sorted(ANSWER_COLUMN)}, not {task!r}")
-
-
-def judge_shadow(challenger_scores: np.ndarray, champion_scores: np.ndarray, cfg: ShadowConfig,
-                 metric: str) -> ShadowVerdict:
-    """The shadow verdict: promote when the challenger's mean agreement is at least the champion's
-    minus ``cfg.tolerance``, on the same requests, with at least ``cfg.min_rows`` of them.
-
-    Args:
-        challenger_scores, champion_scores: per-request agreement (:func:`agreement_scores`), paired, shape (n,).
-        cfg: ``tolerance`` and ``min_rows``.
-        metric: the agreement's name, for the reason (``accuracy``, ``rougeL``).
-
-    Raises:
-        ValueError: the arrays differ in length or hold fewer than ``cfg.min_rows`` requests.
-    """
-    n = len(challenger_scores)
-    if n != len(champion_scores):
-        raise ValueError(f"{n} challenger scores vs {len(champion_scores)} champion scores")
-    if n < cfg.min_rows:
-        raise ValueError(f"{n} shadowed requests with feedback; the verdict needs >= {cfg.min_rows} (min_rows)")
-    challenger, champion = float(np.mean(challenger_scores)), float(np.mean(champion_scores))
-    ok = challenger >= champion - cfg.tolerance
-    reason = (f"shadow {metric} on {n} live requests with reviewer feedback: challenger {challenger:.4f} vs "
-              f"champion {champion:.4f} (rule: challenger >= champion - {cfg.tolerance:.4f}) -> "
-              f"{'promote' if ok else 'drop the challenger'}")
-    return ShadowVerdict(ok, challenger, champion, n, cfg.tolerance, metric, reason)
 
 
 def begin(home: Home, audit: AuditLog, challenger_tag: str, champion_tag: str, cfg: ShadowConfig, *,
@@ -230,33 +150,6 @@ def pending_challenger(audit: AuditLog) -> str | None:
     """The tag of the challenger in shadow, or None."""
     state = audit.get_state(SHADOW_KEY)
     return state["challenger"] if state else None
-
-
-Answerer = Callable[[str, Any, list[str], ShadowConfig], list[str]]
-
-
-def answer_texts(task: str, predictor: Any, texts: list[str], cfg: ShadowConfig) -> list[str]:
-    """The challenger's answers to ``texts``: a classifier's top-1 labels, or a generator's greedy
-    replies of at most ``cfg.max_new_tokens`` tokens (batches of :data:`GENERATION_BATCH`; a batch that
-    fails, e.g. a prompt too long, answers None for its rows, and those rows are not kept).
-
-    Returns:
-        n answers (str, or None where no answer came).
-    """
-    if not texts:
-        return []
-    if task == "classification":
-        labels, _ = predictor.predict(texts)
-        return [str(x) for x in labels]
-    answers: list[str | None] = []
-    for start in range(0, len(texts), GENERATION_BATCH):
-        batch = texts[start:start + GENERATION_BATCH]
-        try:
-            answers += [c.text for c in predictor.generate(batch, max_new_tokens=cfg.max_new_tokens)]
-        except ValueError as exc:  # PromptTooLongError is a ValueError: the service refused it too
-            log.warning("shadow: %d prompts not answered: %s", len(batch), exc)
-            answers += [None] * len(batch)
-    return answers
 
 
 class ShadowStage:
@@ -320,7 +213,7 @@ class ShadowStage:
         state["windows"] += 1
         paired = [r for r in state["rows"].values() if r["truth"] is not None]
         if len(paired) >= cfg.min_rows:
-            metric = "accuracy" if task == "classification" else "rougeL"
+            metric = AGREEMENT_METRIC[task]
             truths = [r["truth"] for r in paired]
             verdict = judge_shadow(agreement_scores(task, [r["challenger"] for r in paired], truths),
                                    agreement_scores(task, [r["champion"] for r in paired], truths), cfg, metric)

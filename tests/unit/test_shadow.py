@@ -14,14 +14,8 @@ import pytest
 from conftest import TINY_LABELS, save_tiny_llm, save_tiny_model
 
 from tuneloop.monitoring.gate import GateConfig, ShadowConfig
-from tuneloop.monitoring.shadow import (
-    SHADOW_KEY,
-    ShadowStage,
-    agreement_scores,
-    begin,
-    in_sample,
-    judge_shadow,
-)
+from tuneloop.monitoring.shadow import SHADOW_KEY, ShadowStage, begin
+from tuneloop.monitoring.shadow_rules import agreement_scores, in_sample, judge_shadow
 from tuneloop.state.audit import AuditLog
 from tuneloop.state.events import PROMOTED, SHADOWED, EventLog
 from tuneloop.state.registry import get_model, read_champion
