@@ -2,10 +2,10 @@
 demo's Banking77 setting, time and holdout figures.
 
     python benchmarks/warm_start_bench.py --data ../shared/data/banking77 --feedback 300 \
-        --runs base,champion:0.3,champion:1.0 --json benchmarks/results/warm_start_bench.json
+        --max-train-per-label 30 --runs base,champion:0.3,champion:1.0 --json benchmarks/results/warm_start_bench.json
 
 Setting (the classification demo's, ``tuneloop/apps/demo_data.py``): 10 intents keep 5 training rows
-each (seed 0); the first champion trains with the ``quick`` preset; ``--feedback`` labelled requests
+each (seed 0), the others all theirs or ``--max-train-per-label``; the first champion trains with the ``quick`` preset; ``--feedback`` labelled requests
 as in the demo's drift phase (60 % from the scarce intents, 30 % with keyboard typos, never a holdout
 text) are logged with their true labels. Then each run of ``--runs`` retrains that champion on the same
 feedback through :func:`tuneloop.monitoring.retrain.retrain_and_gate` (``quick`` preset, gated on the same
@@ -43,7 +43,7 @@ def log_feedback(home, pools, n: int, seed: int, champion) -> int:
     return n
 
 
-def run(data: str, feedback: int, runs: list[str], seed: int) -> dict:
+def run(data: str, feedback: int, runs: list[str], seed: int, max_train_per_label: int | None = None) -> dict:
     from tuneloop.apps.demo import load_banking77
     from tuneloop.apps.demo_data import build_pools, write_training_data
     from tuneloop.monitoring.retrain import RetrainConfig, retrain_and_gate
@@ -55,13 +55,14 @@ def run(data: str, feedback: int, runs: list[str], seed: int) -> dict:
     from tuneloop.training.train import train
 
     train_df, test_df = load_banking77(data)
-    pools = build_pools(train_df, test_df, 10, 5, seed)
+    pools = build_pools(train_df, test_df, 10, 5, seed, max_train_per_label)
     root = Path(tempfile.mkdtemp(prefix="warm-start-bench-"))
     home = Home(root / "home").ensure()
     data_dir = write_training_data(pools, root / "data")
     started = time.perf_counter()
     initial = train(TrainConfig.for_preset("quick", data=str(data_dir), seed=seed, progress=False), home)
     out = {"setting": {"data": data, "feedback": feedback, "seed": seed, "scarce_intents": pools.scarce_intents,
+                       "max_train_per_label": max_train_per_label,
                        "initial_train_rows": len(pools.initial_train), "holdout_rows": len(pools.holdout)},
            "initial": {"tag": initial.tag, "train_seconds": round(initial.seconds, 1),
                        "wall_seconds": round(time.perf_counter() - started, 1),
@@ -100,9 +101,11 @@ def main() -> None:
                         "at 300 new labels).")
     parser.add_argument("--runs", default="base,champion:0.3", help="Comma list of base | champion[:lr_scale].")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-train-per-label", type=int, help="Cap on the well-covered intents' training rows "
+                        "(the demo: none; a cap makes every run proportionally shorter).")
     parser.add_argument("--json", type=Path, help="Write the figures here.")
     args = parser.parse_args()
-    out = run(args.data, args.feedback, args.runs.split(","), args.seed)
+    out = run(args.data, args.feedback, args.runs.split(","), args.seed, args.max_train_per_label)
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
 
