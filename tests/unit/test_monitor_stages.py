@@ -114,7 +114,7 @@ def test_act_retrain_returns_the_feedback_cursor_as_a_field(home, monkeypatch):
     traffic = _traffic_with_feedback(home)
     seen = []
     monkeypatch.setattr(act_module, "retrain_and_gate",
-                        lambda home, tag, labelled, cfg, recent_unlabelled=None: seen.append(len(labelled))
+                        lambda home, tag, labelled, cfg, recent_unlabelled=None, **_: seen.append(len(labelled))
                         or _outcome(True))
     result = _act(home, traffic, feedback_cursor=2)
     newest = int(traffic.labelled()["feedback_seq"].max())
