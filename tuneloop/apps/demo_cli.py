@@ -57,7 +57,7 @@ def print_watch_and_warm_start(console, report: dict) -> None:
                                                                f" ({watch.get('requests', 0)} requests answered)"))
     ws = report.get("warm_start")
     if ws:
-        sides = [f"{k} {_fmt(ws[k]['value'])} in {_fmt(ws[k]['seconds'])} s (training {_fmt(ws[k]['train_seconds'])} s"
+        sides = [f"{k} {_fmt(ws[k]['value'])} in {ws[k]['seconds']:.0f} s (training {ws[k]['train_seconds'] or 0:.0f} s"
                  f"{', under traffic' if ws[k]['under_traffic'] else ''})" for k in ("champion", "base")]
         console.print(f"warm start, holdout {ws['champion']['metric']} (same feedback): {'; '.join(sides)}; "
                       f"default {ws['default']}")
