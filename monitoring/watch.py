@@ -10,6 +10,8 @@ champion is worse" with a practical margin and a minimum sample below which it i
 * ``feedback_accuracy`` (classification): accuracy on reviewers' labels of the tag's requests against
   the accuracy the gate measured for it minus ``accuracy_tolerance``: exact binomial test
   (``scipy.stats.binomtest``, H1: p < gate - tolerance), a non-inferiority test with the margin in H0.
+  The baseline is the lower of the gate's figure and the previous champion's live figure before the
+  swap (:func:`tuneloop.monitoring.watch_step.live_baseline`; the same for ROUGE-L).
 * ``feedback_rouge_l`` (generation): per-request ROUGE-L F of the reply against the reviewer's corrected
   reply (:func:`tuneloop.monitoring.gen_quality.row_rouge`) against the gate's ROUGE-L minus
   ``rouge_tolerance``: one-sample t-test (``scipy.stats.ttest_1samp``, H1: mean < gate - tolerance).

@@ -310,3 +310,23 @@ def test_watcher_rolls_back_a_generation_model_whose_replies_miss_the_reviewers(
     assert rouge.value == pytest.approx(0.25)  # LCS "order ... its": P 2/6, R 2/10
     assert logprob.name == MEAN_LOGPROB and logprob.p_value is not None and not logprob.fired
     assert latency.name == LATENCY and not latency.fired
+
+
+def test_live_baseline_keeps_a_challenger_that_beats_its_predecessor_on_harder_live_traffic():
+    """The Banking77 demo's case: gate 0.89 on the holdout, drifted live traffic 0.76 for the new champion and
+    0.59 for the one it replaced. Against the gate alone the good challenger would be rolled back."""
+    from tuneloop.monitoring.watch import WatchConfig, feedback_accuracy_signal
+    from tuneloop.monitoring.watch_step import live_baseline
+
+    cfg = WatchConfig()
+    new = np.array([1] * 76 + [0] * 24)
+    old = np.array([1] * 59 + [0] * 41)
+    against_gate = feedback_accuracy_signal(new, 0.89, cfg)
+    assert against_gate.p_value < 0.05 and against_gate.practical  # the final look tests at 0.05
+    assert live_baseline(0.89, old, cfg) == pytest.approx(0.59)
+    kept = feedback_accuracy_signal(new, live_baseline(0.89, old, cfg), cfg)
+    assert kept.p_value > 0.5 and not kept.practical
+    # a bad model stays caught: the baseline is never above the gate, and too few old labels leave the gate's
+    assert live_baseline(0.89, np.array([1] * 95 + [0] * 5), cfg) == 0.89
+    assert live_baseline(0.89, old[: cfg.min_feedback - 1], cfg) == 0.89
+    assert feedback_accuracy_signal(np.array([1] * 20 + [0] * 80), live_baseline(0.89, old, cfg), cfg).p_value < 1e-6
