@@ -124,7 +124,7 @@ def test_every_dashboard_panel_returns_data_from_a_live_loop(champion_home, tmp_
                                                                       "tuneloop-monitor": "up"}
         groups = httpx.get(f"{prom}/api/v1/rules", timeout=10).json()["data"]["groups"]
         rules = [r for g in groups for r in g["rules"]]
-        assert len(rules) == 11 and all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError"))
+        assert len(rules) == 12 and all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError"))
                                                                               for r in rules]
         for annotation in load_dashboard()["annotations"]["list"]:  # annotation queries must at least parse
             if "expr" in annotation:
