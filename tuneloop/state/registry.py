@@ -20,7 +20,8 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -136,8 +137,22 @@ def require_champion(home: Home) -> ChampionPointer:
     return pointer
 
 
+@contextmanager
+def _event_log(home: Home, events: EventLog | None) -> Iterator[EventLog]:
+    """``events`` as given, or the home's event log opened for this call and its engine disposed after
+    (a PostgreSQL engine keeps pooled connections open until disposed)."""
+    if events is not None:
+        yield events
+        return
+    own = EventLog(home.store_url)
+    try:
+        yield own
+    finally:
+        own.engine.dispose()
+
+
 def promote(home: Home, tag: str, reason: str, *, actor: str | None = None, kind: str = PROMOTED,
-            detail: dict[str, Any] | None = None) -> ChampionPointer:
+            detail: dict[str, Any] | None = None, events: EventLog | None = None) -> ChampionPointer:
     """Make ``tag`` the champion, atomically (tmp file + fsync + ``os.replace`` + dir fsync), and
     append a ``kind`` event (default ``promoted``; :func:`rollback` writes ``rolled_back``) to the
     home's event log (:mod:`tuneloop.state.events`) with ``reason``, ``actor`` and ``detail`` plus
@@ -146,6 +161,8 @@ def promote(home: Home, tag: str, reason: str, *, actor: str | None = None, kind
     Raises:
         ModelNotFoundError: ``tag`` is not in the store (the pointer is left as it was).
         sqlalchemy.exc.OperationalError: the event log's store cannot be reached (the pointer has moved).
+
+    ``events``: an open event log to record in (default: the home's, opened for this call).
     """
     get_model(home, tag)
     old = read_champion(home)
@@ -167,22 +184,25 @@ def promote(home: Home, tag: str, reason: str, *, actor: str | None = None, kind
     finally:
         os.close(dir_fd)
     event_tag = pointer.previous if kind == ROLLED_BACK else tag  # a rollback is about the model reverted
-    EventLog(home.store_url).record(kind, reason, tag=event_tag, actor=actor,
-                                    detail={**(detail or {}), "champion": tag, "previous": pointer.previous})
+    with _event_log(home, events) as log:
+        log.record(kind, reason, tag=event_tag, actor=actor,
+                   detail={**(detail or {}), "champion": tag, "previous": pointer.previous})
     return pointer
 
 
-def champion_history(home: Home) -> list[str]:
+def champion_history(home: Home, events: EventLog | None = None) -> list[str]:
     """Tags that were champion, oldest first, from the event log's ``promoted`` and ``rolled_back``
     events (each event's ``detail.champion``): the chain :func:`rollback` walks back."""
     chain: list[str] = []
-    for event in EventLog(home.store_url).events():
+    with _event_log(home, events) as log:
+        history = log.events()
+    for event in history:
         if event.kind in (PROMOTED, ROLLED_BACK) and event.detail.get("champion"):
             chain.append(event.detail["champion"])
     return chain
 
 
-def rollback_target(home: Home) -> str:
+def rollback_target(home: Home, events: EventLog | None = None) -> str:
     """The tag :func:`rollback` would serve: the newest earlier champion that is neither the current
     champion nor blocked (:meth:`EventLog.is_blocked`).
 
@@ -190,11 +210,11 @@ def rollback_target(home: Home) -> str:
         ModelNotFoundError: no champion, or no earlier unblocked champion to go back to.
     """
     current = require_champion(home).tag
-    events = EventLog(home.store_url)
-    history = champion_history(home) or [t for t in (read_champion(home).previous,) if t]
-    for tag in reversed(history):
-        if tag != current and not events.is_blocked(tag):
-            return tag
+    with _event_log(home, events) as log:
+        history = champion_history(home, log) or [t for t in (read_champion(home).previous,) if t]
+        for tag in reversed(history):
+            if tag != current and not log.is_blocked(tag):
+                return tag
     raise ModelNotFoundError(f"{current} has no earlier champion to roll back to in {home.root}")
 
 
@@ -208,9 +228,11 @@ def rollback(home: Home, reason: str, *, actor: str | None = None, block: bool =
         ModelNotFoundError: nothing to roll back to.
     """
     bad = require_champion(home).tag
-    pointer = promote(home, rollback_target(home), reason, actor=actor, kind=ROLLED_BACK, detail=detail)
-    if block:
-        EventLog(home.store_url).record(BLOCKED, f"rolled back: {reason}", tag=bad, actor=actor)
+    with _event_log(home, None) as log:  # one engine for the lookup and both records
+        pointer = promote(home, rollback_target(home, log), reason, actor=actor, kind=ROLLED_BACK, detail=detail,
+                          events=log)
+        if block:
+            log.record(BLOCKED, f"rolled back: {reason}", tag=bad, actor=actor)
     return pointer
 
 
