@@ -207,11 +207,8 @@ class Watcher:
             rouge, before = rouge[~np.isnan(rouge)], before[~np.isnan(before)]
             return [feedback_rouge_signal(rouge, live_baseline(gate, before, cfg), cfg),
                     logprob_signal(_numbers(new, "mean_logprob"), _numbers(previous, "mean_logprob"), cfg), latency]
-        labelled = new[new["true_label"].notna()]
-        correct = (labelled["true_label"].astype(str) == labelled["label"].astype(str)).to_numpy()
-        old = previous[previous["true_label"].notna()] if len(previous) else previous
-        old_correct = (old["true_label"].astype(str) == old["label"].astype(str)).to_numpy() if len(old) else np.empty(0)
-        gate = live_baseline(gate, old_correct, cfg)
+        correct = _label_correct(new)
+        gate = live_baseline(gate, _label_correct(previous), cfg)
         above = []
         for tag, rows in ((state.tag, new), (state.previous, previous)):
             calibration = self.calibration(tag) if tag else None
@@ -304,6 +301,14 @@ def live_baseline(gate: float | None, previous_scores: np.ndarray, cfg: WatchCon
         return gate
     live = float(scores.mean())
     return live if gate is None else min(gate, live)
+
+
+def _label_correct(frame: pd.DataFrame) -> np.ndarray:
+    """Per row with feedback: whether the logged label matched the reviewer's, shape (n_labelled,)."""
+    if not len(frame):
+        return np.empty(0, dtype=bool)
+    labelled = frame[frame["true_label"].notna()]
+    return (labelled["true_label"].astype(str) == labelled["label"].astype(str)).to_numpy()
 
 
 def _numbers(frame: pd.DataFrame, column: str) -> np.ndarray:
