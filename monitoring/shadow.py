@@ -169,6 +169,14 @@ class ShadowStage:
                  answer: Answerer = answer_texts) -> None:
         self.home, self.traffic, self.audit, self.threads, self.answer = home, traffic, audit, threads, answer
         self._predictor: tuple[str, Any] | None = None
+        self._events: EventLog | None = None
+
+    @property
+    def events(self) -> EventLog:
+        """The home's event log, opened once for the stage's life (each cycle reads and appends to it)."""
+        if self._events is None:
+            self._events = EventLog(self.home.store_url)
+        return self._events
 
     def predictor(self, tag: str, task: str) -> Any:
         """The challenger ``tag`` loaded for inference on the CPU (cached per tag)."""
@@ -199,7 +207,7 @@ class ShadowStage:
             now = champion.tag if champion else "none"
             return self._drop(state, f"the champion changed from {state['champion']} to {now} while {tag} was in "
                               "shadow (a manual promotion or a rollback): its holdout gate compared it with another model")
-        if EventLog(self.home.store_url).is_blocked(tag):
+        if self.events.is_blocked(tag):
             return self._drop(state, f"{tag} was blocked while in shadow")
         if window.empty or int(window["seq"].max()) <= state["since_seq"]:  # all logged before it was pending
             paired = sum(r["truth"] is not None for r in state["rows"].values())
@@ -286,7 +294,7 @@ class ShadowStage:
         detail = {"verdict": PROMOTED if verdict.promote else DROPPED, **asdict(verdict),
                   "shadowed": len(state["rows"]), "windows": state["windows"], "since_seq": state["since_seq"],
                   "champion": state["champion"]}
-        EventLog(self.home.store_url).record(SHADOWED, verdict.reason, tag=tag, actor=ACTOR, detail=detail)
+        self.events.record(SHADOWED, verdict.reason, tag=tag, actor=ACTOR, detail=detail)
         if verdict.promote:
             promote(self.home, tag, reason=verdict.reason, actor=ACTOR, detail={"shadow": detail})
         self.audit.set_state(SHADOW_KEY, None)
@@ -298,7 +306,7 @@ class ShadowStage:
         """Drop the pending challenger (a ``shadowed`` event, verdict ``dropped``) and clear the state."""
         tag = state["challenger"]
         paired = sum(r["truth"] is not None for r in state["rows"].values())
-        EventLog(self.home.store_url).record(SHADOWED, reason, tag=tag, actor=ACTOR, detail={
+        self.events.record(SHADOWED, reason, tag=tag, actor=ACTOR, detail={
             "verdict": DROPPED, "shadowed": len(state["rows"]), "with_feedback": paired, "windows": state["windows"],
             "since_seq": state["since_seq"], "champion": state["champion"]})
         self.audit.set_state(SHADOW_KEY, None)
